@@ -19,6 +19,11 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _root() -> None:
+    """Continuous-batching LLM inference server with an OpenAI-compatible API."""
+
+
 @app.command("demo-model")
 def demo_model(
     path: Path = typer.Argument(..., help="Directory to write the checkpoint into."),
