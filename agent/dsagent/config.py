@@ -1,0 +1,373 @@
+"""The agent's configuration: one validated YAML file, overridable by DSAGENT_* environment and flags.
+
+Why a module of its own: every part of the agent (supervisor, sources, store, exporters, API) reads its
+section from one `AgentConfig`, and an operator must get an error that names the key and where it came
+from ("config.yaml:3: engine.port: Input should be a valid integer") instead of a traceback.
+
+Precedence, highest first: command-line flag > DSAGENT_* environment > config file > built-in default.
+Environment keys nest with a double underscore (DSAGENT_ENGINE__PORT=8001 -> engine.port); a few flat
+names are documented aliases (DSAGENT_ELASTICSEARCH_URL -> export.elasticsearch.url, see ENV_ALIASES).
+Environment values are parsed as YAML scalars/flow collections, so `8001`, `true` and `[a, b]` work.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from dsagent.export.config import ExportConfig
+from dsagent.sources.config import SourcesConfig
+
+ENV_PREFIX = "DSAGENT_"
+ENV_NESTING = "__"
+
+# Flat environment names (documented in the CLI help) -> dotted config key.
+ENV_ALIASES: dict[str, str] = {
+    "DSAGENT_ELASTICSEARCH_URL": "export.elasticsearch.url",
+    "DSAGENT_ELASTICSEARCH_API_KEY": "export.elasticsearch.api_key",
+    "DSAGENT_ELASTICSEARCH_USERNAME": "export.elasticsearch.username",
+    "DSAGENT_ELASTICSEARCH_PASSWORD": "export.elasticsearch.password",
+    "DSAGENT_ELASTICSEARCH_CA_CERTS": "export.elasticsearch.ca_certs",
+    "DSAGENT_DATA_DIR": "data_dir",
+    "DSAGENT_ENGINE_URL": "engine.url",
+    "DSAGENT_LOG_LEVEL": "log_level",
+}
+# Environment names that are read by the CLI itself, not config keys.
+ENV_NOT_CONFIG = {"DSAGENT_CONFIG", "DSAGENT_TEST_ES_URL", "DSAGENT_TEST_MODEL_CACHE", "DSAGENT_AGENT_URL"}
+
+SECRET_KEY_PATTERN = re.compile(r"(api_?key|password|passwd|secret|token|authorization|credentials?)$", re.I)
+MASK = "***"
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message names the source (file/env/flag), the key and the fix."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DemoModelConfig(_Section):
+    """The demo checkpoint the builtin engine runs when no model path is configured."""
+
+    size: Literal["tiny", "small"] = "tiny"
+    train_steps: int = Field(200, ge=0)
+    seed: int = 0
+
+
+class EngineConfig(_Section):
+    """Which inference engine the agent runs or watches.
+
+    builtin: the agent spawns `dssidecar serve` (model: a checkpoint directory; empty = the demo model
+    generated into data_dir on first run). vllm: the agent spawns `command` (a vLLM command line) and
+    reaches it at host:port. external: the agent only observes the engine at `url` (a pod's sidecar).
+    """
+
+    kind: Literal["builtin", "vllm", "external"] = "builtin"
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    model: Path | None = None
+    served_model_name: str | None = None
+    demo_model: DemoModelConfig = Field(default_factory=DemoModelConfig)
+    extra_args: list[str] = Field(default_factory=list)
+    command: list[str] = Field(default_factory=list)
+    url: str | None = None
+    environment: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("command", "extra_args", mode="before")
+    @classmethod
+    def _split_command_line(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            import shlex
+
+            return shlex.split(value)
+        return value
+
+    @model_validator(mode="after")
+    def _kind_has_what_it_needs(self) -> EngineConfig:
+        if self.kind == "external" and not self.url:
+            raise ValueError("engine.kind 'external' needs engine.url (for example http://127.0.0.1:8000)")
+        if self.kind == "vllm" and not self.command:
+            raise ValueError(
+                "engine.kind 'vllm' needs engine.command (for example 'vllm serve MODEL --port 8000')"
+            )
+        return self
+
+    def base_url(self) -> str:
+        """Where the engine's HTTP API is reached."""
+        if self.url:
+            return self.url.rstrip("/")
+        return f"http://{self.host}:{self.port}"
+
+
+class SupervisorConfig(_Section):
+    """How the engine process is started, watched, restarted and stopped."""
+
+    backoff_initial_seconds: float = Field(1.0, gt=0)
+    backoff_max_seconds: float = Field(60.0, gt=0)
+    crash_loop_limit: int = Field(5, ge=1, description="consecutive failed starts before giving up")
+    stable_after_seconds: float = Field(
+        60.0, gt=0, description="a run this long after ready resets the consecutive-failure count"
+    )
+    readiness_timeout_seconds: float = Field(300.0, gt=0)
+    readiness_path: str = "/readyz"
+    readiness_poll_seconds: float = Field(0.5, gt=0)
+    drain_grace_seconds: float = Field(30.0, ge=0)
+    demo_model_timeout_seconds: float = Field(1800.0, gt=0)
+
+    @model_validator(mode="after")
+    def _backoff_ordered(self) -> SupervisorConfig:
+        if self.backoff_max_seconds < self.backoff_initial_seconds:
+            raise ValueError(
+                f"supervisor.backoff_max_seconds ({self.backoff_max_seconds}) must be >= "
+                f"backoff_initial_seconds ({self.backoff_initial_seconds})"
+            )
+        return self
+
+
+class StoreConfig(_Section):
+    """Bounds of the in-memory time-series store (per series: whichever limit is hit first)."""
+
+    retention_seconds: float = Field(900.0, gt=0)
+    max_samples_per_series: int = Field(1000, ge=1)
+
+
+class IntervalsConfig(_Section):
+    collect_seconds: float = Field(1.0, gt=0)
+    evaluate_seconds: float = Field(5.0, gt=0)
+    export_seconds: float = Field(10.0, gt=0)
+
+
+class ServerConfig(_Section):
+    """The agent's local HTTP API: /metrics, /api/status, /healthz and the OTLP receiver (/v1/logs)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(9464, ge=0, le=65535)
+    slo_window_seconds: float = Field(60.0, gt=0, description="window for inference_qps and latency quantiles")
+
+
+class AgentConfig(_Section):
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig)
+    sources: SourcesConfig = Field(default_factory=SourcesConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    intervals: IntervalsConfig = Field(default_factory=IntervalsConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    data_dir: Path = Field(default_factory=lambda: default_data_dir())
+    log_level: str = "INFO"
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError(f"unknown log level {value!r}; use DEBUG, INFO, WARNING or ERROR")
+        return level
+
+
+def default_data_dir() -> Path:
+    """$XDG_STATE_HOME/dsagent, or ~/.local/state/dsagent."""
+    state_home = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state_home) / "dsagent"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loading with provenance: every overlay remembers where each key came from, for error messages.
+
+
+class _Layer:
+    def __init__(self, origin: str, values: dict[str, Any], lines: dict[tuple[str, ...], int] | None = None):
+        self.origin = origin
+        self.values = values
+        self.lines = lines or {}
+
+    def describe(self, loc: tuple[str, ...]) -> str | None:
+        """'config.yaml:3' / 'environment DSAGENT_X' / 'flag --x' if this layer set `loc` or a parent."""
+        names = self.values.get("__names__", {})
+        for depth in range(len(loc), 0, -1):
+            prefix = loc[:depth]
+            if not _has_path(self.values, prefix):
+                continue
+            if prefix in names:
+                return str(names[prefix])
+            line = self.lines.get(prefix)
+            return f"{self.origin}:{line}" if line else self.origin
+        return None
+
+
+def _has_path(values: Mapping[str, Any], path: tuple[str, ...]) -> bool:
+    node: Any = values
+    for key in path:
+        if not isinstance(node, Mapping) or key not in node:
+            return False
+        node = node[key]
+    return True
+
+
+def _set_path(target: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    node = target
+    for key in path[:-1]:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            child = {}
+            node[key] = child
+        node = child
+    node[path[-1]] = value
+
+
+def _deep_merge(base: dict[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overlay.items():
+        if key == "__names__":
+            continue
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _yaml_key_lines(node: yaml.Node, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], int]:
+    lines: dict[tuple[str, ...], int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            path = (*prefix, str(key_node.value))
+            lines[path] = key_node.start_mark.line + 1
+            lines.update(_yaml_key_lines(value_node, path))
+    return lines
+
+
+def read_config_file(path: Path) -> _Layer:
+    """Parse one YAML file; an unreadable or malformed file raises ConfigError naming it."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror or exc}") from exc
+    try:
+        values = yaml.safe_load(text)
+        root = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{where}: not valid YAML: {problem}") from exc
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (engine:, export:, ...), "
+                          f"got {type(values).__name__}")
+    return _Layer(str(path), values, _yaml_key_lines(root) if root is not None else {})
+
+
+def _parse_env_value(raw: str) -> Any:
+    try:
+        return yaml.safe_load(raw) if raw.strip() else raw
+    except yaml.YAMLError:
+        return raw
+
+
+def read_environment(environ: Mapping[str, str]) -> _Layer:
+    """DSAGENT_SECTION__KEY=value and the flat aliases, as a nested overlay."""
+    values: dict[str, Any] = {}
+    names: dict[tuple[str, ...], str] = {}
+    for name, raw in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX) or name in ENV_NOT_CONFIG:
+            continue
+        if name in ENV_ALIASES:
+            path = tuple(ENV_ALIASES[name].split("."))
+        elif ENV_NESTING in name[len(ENV_PREFIX):] or name[len(ENV_PREFIX):].lower() in AgentConfig.model_fields:
+            path = tuple(part.lower() for part in name[len(ENV_PREFIX):].split(ENV_NESTING))
+        else:
+            continue  # an unrelated DSAGENT_* variable (a flag of another command)
+        _set_path(values, path, _parse_env_value(raw))
+        names[path] = f"environment {name}"
+    values["__names__"] = names
+    return _Layer("environment", values)
+
+
+def flags_layer(overrides: Mapping[str, Any]) -> _Layer:
+    """Command-line overrides given as dotted keys ({'export.elasticsearch.url': URL}); None = not given."""
+    values: dict[str, Any] = {}
+    names: dict[tuple[str, ...], str] = {}
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        path = tuple(dotted.split("."))
+        _set_path(values, path, value)
+        names[path] = f"flag --{path[-1].replace('_', '-')}"
+    values["__names__"] = names
+    return _Layer("flags", values)
+
+
+def _format_validation_error(error: ValidationError, layers: list[_Layer]) -> str:
+    messages = []
+    for item in error.errors():
+        loc = tuple(str(part) for part in item["loc"])
+        key = ".".join(loc) or "(top level)"
+        origin = "default"
+        for layer in reversed(layers):  # the highest-precedence layer that set it is the culprit
+            described = layer.describe(loc)
+            if described:
+                origin = described
+                break
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key (check the spelling; `dsagent config show` lists the valid keys)"
+        elif "input" in item and not isinstance(item["input"], dict | list):
+            message = f"{message} (got {item['input']!r})"
+        messages.append(f"{origin}: {key}: {message}")
+    return "\n".join(messages)
+
+
+def load_config(
+    path: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> AgentConfig:
+    """The effective configuration: defaults < file < DSAGENT_* environment < flag overrides.
+
+    Raises ConfigError with one line per bad key, each naming its origin and the key.
+    """
+    environ = os.environ if environ is None else environ
+    layers: list[_Layer] = []
+    if path is not None:
+        layers.append(read_config_file(Path(path)))
+    layers.append(read_environment(environ))
+    layers.append(flags_layer(overrides or {}))
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged = _deep_merge(merged, layer.values)
+    try:
+        return AgentConfig.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, layers)) from None
+
+
+def mask_secrets(value: Any, key: str = "") -> Any:
+    """A copy with every secret-looking key's value replaced by '***' (api keys, passwords, tokens),
+    and credentials inside URLs (https://user:pass@host) masked."""
+    if isinstance(value, Mapping):
+        if key == "headers":
+            return {k: MASK for k in value}
+        return {k: mask_secrets(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [mask_secrets(v, key) for v in value]
+    if value is not None and SECRET_KEY_PATTERN.search(key):
+        return MASK
+    if isinstance(value, str) and "://" in value and "@" in value:
+        return re.sub(r"://([^/@:]+):([^/@]+)@", rf"://\1:{MASK}@", value)
+    return value
+
+
+def effective_config_yaml(config: AgentConfig) -> str:
+    """The configuration as YAML with secrets masked (what `dsagent config show` prints)."""
+    data = mask_secrets(config.model_dump(mode="json"))
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
