@@ -1,0 +1,142 @@
+"""The token-protected /control API: read and change the engine's runtime knobs.
+
+Why this exists: the agent (and an operator with curl) retunes a running sidecar through it. It is a
+plain APIRouter so the server can mount it on its own app when that app listens on loopback, or serve
+it from a separate loopback-only listener (`build_control_app`) when the OpenAI API is exposed wider.
+
+Errors: no/wrong bearer token -> 401; unknown knob, wrong type, out of range -> 422; valid but not
+possible here (fp8 on CPU, tensorrt absent, accuracy check failed) -> 409 with the reason and figures;
+failure while applying (rolled back) -> 500. Each answer has the same JSON shape as the OpenAI errors:
+{"error": {"message", "type", "param", "code", ...details}}.
+
+Token precedence: explicit argument > DSSIDECAR_CONTROL_TOKEN > the file named by
+DSSIDECAR_CONTROL_TOKEN_FILE. With no token configured at all the control API refuses every call (401)
+rather than running open.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+from pathlib import Path
+from typing import Any
+
+import anyio
+from dssidecar.knobs import (
+    KnobApplyError,
+    KnobController,
+    KnobError,
+    KnobUnsupportedError,
+    KnobValidationError,
+)
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse
+
+TOKEN_ENV = "DSSIDECAR_CONTROL_TOKEN"
+TOKEN_FILE_ENV = "DSSIDECAR_CONTROL_TOKEN_FILE"
+
+
+def resolve_control_token(token: str | None = None, token_file: str | Path | None = None) -> str | None:
+    """The control token: argument > env DSSIDECAR_CONTROL_TOKEN > file (argument or env) > None.
+
+    A named token file that cannot be read raises ValueError naming it (a typo must not silently
+    disable the control API).
+    """
+    if token:
+        return token.strip()
+    env_token = os.environ.get(TOKEN_ENV, "").strip()
+    if env_token:
+        return env_token
+    file_name = token_file or os.environ.get(TOKEN_FILE_ENV) or None
+    if file_name:
+        path = Path(file_name)
+        try:
+            file_token = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ValueError(f"control token file {path} cannot be read: {exc.strerror or exc}") from exc
+        if not file_token:
+            raise ValueError(f"control token file {path} is empty; write the bearer token into it")
+        return file_token
+    return None
+
+
+_CODES = {401: "unauthorized", 409: "knob_unsupported", 422: "knob_invalid", 500: "knob_apply_failed"}
+
+
+def _error(status: int, message: str, error_type: str, param: str | None = None, **details: Any) -> JSONResponse:
+    body: dict[str, Any] = {"message": message, "type": error_type, "param": param, "code": _CODES.get(status)}
+    body.update(details)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse({"error": body}, status_code=status, headers=headers)
+
+
+def _authorized(request: Request, token: str | None) -> JSONResponse | None:
+    if token is None:
+        return _error(
+            401,
+            f"the control API is disabled: no token configured (set {TOKEN_ENV} or {TOKEN_FILE_ENV})",
+            "authentication_error",
+        )
+    header = request.headers.get("authorization", "")
+    scheme, _, presented = header.partition(" ")
+    if scheme.lower() != "bearer" or not presented:
+        return _error(401, "missing bearer token: send 'Authorization: Bearer <token>'", "authentication_error")
+    if not hmac.compare_digest(presented.strip().encode(), token.encode()):
+        return _error(401, "invalid bearer token", "authentication_error")
+    return None
+
+
+def build_control_router(controller: KnobController, token: str | None) -> APIRouter:
+    """GET/PUT /control/knobs and GET /control/changes, guarded by the bearer `token`."""
+    router = APIRouter(prefix="/control", tags=["control"])
+
+    @router.get("/knobs")
+    async def get_knobs(request: Request) -> Any:
+        denied = _authorized(request, token)
+        if denied is not None:
+            return denied
+        return await anyio.to_thread.run_sync(controller.describe)
+
+    @router.put("/knobs")
+    async def put_knobs(request: Request) -> Any:
+        denied = _authorized(request, token)
+        if denied is not None:
+            return denied
+        try:
+            update = await request.json()
+        except ValueError:
+            return _error(422, "body must be a JSON object of knob values, e.g. {\"max_batch_size\": 16}", "invalid_request_error")
+        if not isinstance(update, dict):
+            return _error(422, "body must be a JSON object of knob values", "invalid_request_error")
+        try:
+            answer = await anyio.to_thread.run_sync(controller.apply, update)
+        except KnobValidationError as exc:
+            return _error(422, exc.message, "invalid_request_error", _first_knob(exc), **exc.details)
+        except KnobUnsupportedError as exc:
+            return _error(409, exc.message, "unsupported_error", exc.details.get("knob"), **exc.details)
+        except KnobApplyError as exc:
+            return _error(500, exc.message, "apply_error", None, **exc.details)
+        except KnobError as exc:  # pragma: no cover - every subclass is handled above
+            return _error(500, exc.message, "apply_error")
+        return answer
+
+    @router.get("/changes")
+    async def get_changes(request: Request) -> Any:
+        denied = _authorized(request, token)
+        if denied is not None:
+            return denied
+        return {"changes": controller.change_log()}
+
+    return router
+
+
+def _first_knob(exc: KnobValidationError) -> str | None:
+    errors = exc.details.get("errors") or []
+    return str(errors[0]["knob"]) if errors else None
+
+
+def build_control_app(controller: KnobController, token: str | None) -> FastAPI:
+    """A FastAPI app serving only /control, for a separate loopback listener (--control-port)."""
+    app = FastAPI(title="dssidecar control", docs_url=None, redoc_url=None, openapi_url=None)
+    app.include_router(build_control_router(controller, token))
+    return app
