@@ -126,6 +126,10 @@ def precision_plan(name: str, device: torch.device | str) -> PrecisionPlan:
 class Int8WeightOnlyLinear(nn.Module):
     """nn.Linear with int8 weights and one scale per output channel; dequantized inside forward."""
 
+    weight_int8: torch.Tensor
+    scale: torch.Tensor
+    bias: torch.Tensor | None
+
     def __init__(self, weight_int8: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__()
         self.in_features = weight_int8.shape[1]
@@ -157,6 +161,9 @@ class Fp8Linear(nn.Module):
     """
 
     FP8_MAX = 448.0
+    weight_fp8: torch.Tensor
+    scale: torch.Tensor
+    bias: torch.Tensor | None
 
     def __init__(self, weight_fp8: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__()
