@@ -58,7 +58,7 @@ class DemoModelConfig(_Section):
     """The demo checkpoint the builtin engine runs when no model path is configured."""
 
     size: Literal["tiny", "small"] = "tiny"
-    train_steps: int = Field(200, ge=0)
+    train_steps: int = Field(default=200, ge=0)
     seed: int = 0
 
 
@@ -72,7 +72,7 @@ class EngineConfig(_Section):
 
     kind: Literal["builtin", "vllm", "external"] = "builtin"
     host: str = "127.0.0.1"
-    port: int = Field(8000, ge=1, le=65535)
+    port: int = Field(default=8000, ge=1, le=65535)
     model: Path | None = None
     served_model_name: str | None = None
     demo_model: DemoModelConfig = Field(default_factory=DemoModelConfig)
@@ -110,17 +110,17 @@ class EngineConfig(_Section):
 class SupervisorConfig(_Section):
     """How the engine process is started, watched, restarted and stopped."""
 
-    backoff_initial_seconds: float = Field(1.0, gt=0)
-    backoff_max_seconds: float = Field(60.0, gt=0)
-    crash_loop_limit: int = Field(5, ge=1, description="consecutive failed starts before giving up")
+    backoff_initial_seconds: float = Field(default=1.0, gt=0)
+    backoff_max_seconds: float = Field(default=60.0, gt=0)
+    crash_loop_limit: int = Field(default=5, ge=1, description="consecutive failed starts before giving up")
     stable_after_seconds: float = Field(
-        60.0, gt=0, description="a run this long after ready resets the consecutive-failure count"
+        default=60.0, gt=0, description="a run this long after ready resets the consecutive-failure count"
     )
-    readiness_timeout_seconds: float = Field(300.0, gt=0)
+    readiness_timeout_seconds: float = Field(default=300.0, gt=0)
     readiness_path: str = "/readyz"
-    readiness_poll_seconds: float = Field(0.5, gt=0)
-    drain_grace_seconds: float = Field(30.0, ge=0)
-    demo_model_timeout_seconds: float = Field(1800.0, gt=0)
+    readiness_poll_seconds: float = Field(default=0.5, gt=0)
+    drain_grace_seconds: float = Field(default=30.0, ge=0)
+    demo_model_timeout_seconds: float = Field(default=1800.0, gt=0)
 
     @model_validator(mode="after")
     def _backoff_ordered(self) -> SupervisorConfig:
@@ -135,29 +135,29 @@ class SupervisorConfig(_Section):
 class StoreConfig(_Section):
     """Bounds of the in-memory time-series store (per series: whichever limit is hit first)."""
 
-    retention_seconds: float = Field(900.0, gt=0)
-    max_samples_per_series: int = Field(1000, ge=1)
+    retention_seconds: float = Field(default=900.0, gt=0)
+    max_samples_per_series: int = Field(default=1000, ge=1)
 
 
 class IntervalsConfig(_Section):
-    collect_seconds: float = Field(1.0, gt=0)
-    evaluate_seconds: float = Field(5.0, gt=0)
-    export_seconds: float = Field(10.0, gt=0)
+    collect_seconds: float = Field(default=1.0, gt=0)
+    evaluate_seconds: float = Field(default=5.0, gt=0)
+    export_seconds: float = Field(default=10.0, gt=0)
 
 
 class ServerConfig(_Section):
     """The agent's local HTTP API: /metrics, /api/status, /healthz and the OTLP receiver (/v1/logs)."""
 
     host: str = "127.0.0.1"
-    port: int = Field(9464, ge=0, le=65535)
-    slo_window_seconds: float = Field(60.0, gt=0, description="window for inference_qps and latency quantiles")
+    port: int = Field(default=9464, ge=0, le=65535)
+    slo_window_seconds: float = Field(default=60.0, gt=0, description="window for inference_qps and latency quantiles")
 
 
 class AgentConfig(_Section):
     engine: EngineConfig = Field(default_factory=EngineConfig)
     supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig)
     sources: SourcesConfig = Field(default_factory=SourcesConfig)
-    export: ExportConfig = Field(default_factory=ExportConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)  # type: ignore[arg-type]  # E's positional Field defaults
     store: StoreConfig = Field(default_factory=StoreConfig)
     intervals: IntervalsConfig = Field(default_factory=IntervalsConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)

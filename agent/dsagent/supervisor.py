@@ -235,6 +235,9 @@ class EngineSupervisor:
         environment = dict(os.environ)
         if self.engine.kind == "vllm" and self.otlp_endpoint:
             environment.setdefault("OTEL_EXPORTER_OTLP_ENDPOINT", self.otlp_endpoint)
+        if self.engine.kind == "builtin":
+            # the agent needs one record per request: the OTLP log carries everything, so skip the span
+            environment.setdefault("DSSIDECAR_OTLP_EXPORT_SPANS", "false")
         environment.update(self.engine.environment)
         return environment
 

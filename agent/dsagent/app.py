@@ -1,0 +1,350 @@
+"""`dsagent run`: wires config, store, sources, export pipeline, supervisor, scheduler and the local API.
+
+Why it exists: each part is small and testable alone; this is the one place that decides their order.
+Start: data dir -> store -> export pipeline (the spool opens first so nothing is lost) -> local API (so
+the engine has an OTLP endpoint) -> supervisor (spawns the engine) -> sources -> scheduler.
+Stop (SIGTERM/SIGINT): scheduler -> supervisor drains the engine -> sources -> flush the pipeline -> API.
+
+Every tick the collection job reads each source once, appends the samples (plus the supervisor's and the
+SLO signals) to the store and hands them to the pipeline. A failing source is logged once when it starts
+failing and once when it recovers, not every second.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from dsagent import __version__
+from dsagent.api import ApiServer, build_api
+from dsagent.config import AgentConfig
+from dsagent.samples import RequestRecord, Sample
+from dsagent.scheduler import AgentScheduler
+from dsagent.slo import RequestStats
+from dsagent.sources.base import Source, SourceError
+from dsagent.store import LabelMatcher, TimeSeriesStore
+from dsagent.supervisor import EngineSupervisor
+
+log = logging.getLogger("dsagent")
+
+RECENT_REQUEST_IDS = 20_000
+
+
+class _SourceHealth:
+    """Remembers whether each source failed last tick so a failure is logged once per state change."""
+
+    def __init__(self) -> None:
+        self.errors: dict[str, str | None] = {}
+
+    def ok(self, name: str) -> None:
+        if self.errors.get(name):
+            log.info("source %s recovered", name)
+        self.errors[name] = None
+
+    def failed(self, name: str, error: str) -> None:
+        if not self.errors.get(name):
+            log.warning("source %s failing: %s (logged once; retried every tick)", name, error)
+        self.errors[name] = error
+
+
+class Agent:
+    """The running agent. `start()` then `stop()`; `run_until_signal()` does both for the CLI."""
+
+    def __init__(self, config: AgentConfig, config_file: Path | None = None,
+                 evaluate_hooks: list[Callable[[float], None]] | None = None) -> None:
+        self.config = config
+        self.config_file = config_file
+        self.data_dir = Path(config.data_dir).expanduser()
+        self.store = TimeSeriesStore(config.store.retention_seconds, config.store.max_samples_per_series)
+        self.request_stats = RequestStats(config.server.slo_window_seconds)
+        self.evaluate_hooks = list(evaluate_hooks or [])
+        self.recent_actions: list[dict[str, Any]] = []
+        self.started_seconds = time.time()
+        self.pipeline: Any = None
+        self.api: ApiServer | None = None
+        self.supervisor: EngineSupervisor | None = None
+        self.sources: list[Source] = []
+        self.scheduler = AgentScheduler(misfire_grace_seconds=max(1.0, config.intervals.collect_seconds))
+        self._health = _SourceHealth()
+        self._seen_request_ids: OrderedDict[str, None] = OrderedDict()
+        self._records_lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._stop_lock = threading.Lock()
+        self.requests_received_total = 0
+        self.duplicate_requests_dropped = 0
+
+    # ---- lifecycle -----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        from dsagent.export import TelemetryPipeline  # E's facade
+        from dsagent.sources.factory import build_sources
+        from dsagent.sources.otlp_receiver import build_otlp_router
+
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.pipeline = TelemetryPipeline(self.config.export, self.data_dir, self._resource_attributes())
+        self.pipeline.start()
+
+        otlp_router = build_otlp_router(self.on_request_records) if self.config.sources.otlp_receiver.enabled else None
+        app = build_api(self.store, self.status, otlp_router,
+                        metrics_lookback_seconds=max(60.0, 5 * self.config.intervals.collect_seconds))
+        self.api = ApiServer(app, self.config.server.host, self.config.server.port)
+        self.api.start()
+        self._write_api_file()
+        log.info("agent API on %s (/metrics, /api/status, /healthz; OTLP receiver at %s/v1/logs)",
+                 self.api.url, self.api.url)
+        log.info("telemetry goes to %s", self._destinations_text())
+
+        self.supervisor = EngineSupervisor(
+            self.config.engine, self.config.supervisor, self.data_dir,
+            otlp_endpoint=self.api.url if otlp_router is not None else None,
+        )
+        self.sources = build_sources(self.config.sources, self.supervisor.engine_url, self.supervisor.pid)
+        self.supervisor.start()
+
+        intervals = self.config.intervals
+        self.scheduler.add_interval_job("collect", self.collect_once, intervals.collect_seconds, run_immediately=True)
+        self.scheduler.add_interval_job("evaluate", self.evaluate_once, intervals.evaluate_seconds)
+        self.scheduler.add_interval_job("export", self.export_once, intervals.export_seconds)
+        self.scheduler.start()
+
+    def stop(self) -> None:
+        """Stop everything in order; safe to call twice."""
+        with self._stop_lock:
+            if self._stopped.is_set():
+                return
+            self._stopped.set()
+        log.info("stopping: draining the engine and flushing telemetry")
+        self.scheduler.shutdown(wait=True)
+        if self.supervisor is not None:
+            self.supervisor.stop()
+        for source in self.sources:
+            try:
+                source.close()
+            except Exception:
+                log.exception("closing source %s failed", getattr(source, "name", source))
+        if self.pipeline is not None:
+            try:
+                self.collect_once()  # the last engine state and counters
+            except Exception:
+                log.exception("final collection failed")
+            flushed = self.pipeline.force_flush(timeout_seconds=10)
+            if not flushed:
+                log.warning("telemetry not fully flushed within 10 s; the spool keeps the rest for next start")
+            self.pipeline.shutdown()
+        if self.api is not None:
+            self.api.stop()
+        (self.data_dir / "agent.json").unlink(missing_ok=True)
+        log.info("stopped")
+
+    def run_until_signal(self) -> int:
+        """Start, block until SIGTERM/SIGINT, stop; returns the exit code."""
+        wake = threading.Event()
+
+        def _on_signal(signum: int, _frame: object) -> None:
+            log.info("received %s", signal.Signals(signum).name)
+            wake.set()
+
+        previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self.start()
+            while not wake.wait(1.0):
+                pass
+        finally:
+            self.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return 0
+
+    # ---- jobs ----------------------------------------------------------------------------------------
+
+    def collect_once(self) -> list[Sample]:
+        """One collection tick: every source once, plus supervisor, SLO and pipeline self-metrics."""
+        samples: list[Sample] = []
+        for source in self.sources:
+            try:
+                samples += source.collect()
+                self._health.ok(source.name)
+            except SourceError as exc:
+                samples += exc.samples
+                self._health.failed(source.name, str(exc))
+            except Exception as exc:  # a bug in one source must not stop the others
+                self._health.failed(source.name, f"{type(exc).__name__}: {exc}")
+        now = time.time()
+        if self.supervisor is not None:
+            samples += self.supervisor.samples(now)
+        samples += self.request_stats.samples(now)
+        samples += self._pipeline_samples(now)
+        samples.append(Sample("dsagent_up", (), 1.0, now))
+        self.store.append(samples)
+        self.store.expire(now)
+        if self.pipeline is not None:
+            self.pipeline.record_samples(samples)
+        return samples
+
+    def evaluate_once(self) -> None:
+        now = time.time()
+        for hook in self.evaluate_hooks:
+            hook(now)
+
+    def export_once(self) -> None:
+        """Periodic flush of the meters into the spool (the drainers ship from there on their own)."""
+        if self.pipeline is not None:
+            self.pipeline.force_flush(timeout_seconds=max(1.0, self.config.intervals.export_seconds / 2))
+
+    def on_request_records(self, records: list[RequestRecord]) -> None:
+        """OTLP receiver callback: the same request may come as a log and as a span; keep it once."""
+        fresh = []
+        with self._records_lock:
+            for record in records:
+                if record.request_id in self._seen_request_ids:
+                    self.duplicate_requests_dropped += 1
+                    continue
+                self._seen_request_ids[record.request_id] = None
+                if len(self._seen_request_ids) > RECENT_REQUEST_IDS:
+                    self._seen_request_ids.popitem(last=False)
+                fresh.append(record)
+            self.requests_received_total += len(fresh)
+        if not fresh:
+            return
+        self.request_stats.record(fresh)
+        if self.pipeline is not None:
+            self.pipeline.record_requests(fresh)
+
+    def record_action(self, event: dict[str, Any]) -> None:
+        """Actions (from rules, later) go to the status view and the audit stream."""
+        self.recent_actions = [*self.recent_actions[-49:], event]
+        if self.pipeline is not None:
+            self.pipeline.record_action(event)
+
+    # ---- views ---------------------------------------------------------------------------------------
+
+    def _pipeline_samples(self, now_seconds: float) -> list[Sample]:
+        if self.pipeline is None:
+            return []
+        try:
+            stats = self.pipeline.stats()
+        except Exception as exc:
+            log.debug("pipeline stats failed: %s", exc)
+            return []
+        samples = []
+        for key, value in sorted(stats.items()):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            name = "dsagent_export_" + "".join(ch if ch.isalnum() else "_" for ch in key.lower())
+            kind = "counter" if name.endswith("_total") else "gauge"
+            samples.append(Sample(name, (), float(value), now_seconds, kind))
+        return samples
+
+    def _resource_attributes(self) -> dict[str, str]:
+        return {
+            "service.name": "dsagent",
+            "service.version": __version__,
+            "host.name": socket.gethostname(),
+            "service.instance.id": f"{socket.gethostname()}:{os.getpid()}",
+        }
+
+    def _destinations_text(self) -> str:
+        export = self.config.export
+        parts = []
+        if export.file.enabled:
+            parts.append(f"NDJSON files in {export.file.directory or self.data_dir / 'export'}")
+        if export.elasticsearch is not None:
+            parts.append(f"Elasticsearch {export.elasticsearch.url}")
+        if export.otlp is not None:
+            parts.append(f"OTLP {export.otlp.endpoint}")
+        spool = export.spool.directory or self.data_dir / "spool"
+        return ", ".join(parts or ["nowhere (all exporters off)"]) + f" (durable spool in {spool})"
+
+    def _write_api_file(self) -> None:
+        """data_dir/agent.json tells `dsagent status` where this agent's API listens."""
+        import json
+
+        assert self.api is not None
+        (self.data_dir / "agent.json").write_text(json.dumps({"url": self.api.url, "pid": os.getpid()}))
+
+    def _latest_value(self, name: str, **labels: str) -> float | None:
+        matchers = [LabelMatcher(k, "=", v) for k, v in labels.items()]
+        found = self.store.latest(name, matchers)
+        return found[0].value if found else None
+
+    def status(self) -> dict[str, Any]:
+        """The JSON behind /api/status and `dsagent status`."""
+        now = time.time()
+        engine: dict[str, Any] = dict(self.supervisor.status()) if self.supervisor else {}
+        for key, names in ENGINE_STATUS_METRICS.items():
+            for name in names:
+                value = self._latest_value(name)
+                if value is not None:
+                    engine[key] = value
+                    break
+        return {
+            "agent": {
+                "version": __version__,
+                "pid": os.getpid(),
+                "uptime_seconds": now - self.started_seconds,
+                "api_url": self.api.url if self.api else None,
+                "data_dir": str(self.data_dir),
+                "config_file": str(self.config_file) if self.config_file else None,
+                "telemetry_destinations": self._destinations_text(),
+                "requests_received_total": self.requests_received_total,
+            },
+            "engine": engine,
+            "gpus": self._gpu_status(),
+            "slo": self.request_stats.snapshot(now),
+            "sources": {name: {"ok": error is None, "error": error} for name, error in self._health.errors.items()},
+            "export": self._safe_pipeline_stats(),
+            "store": self.store.stats(),
+            "actions": list(self.recent_actions[-10:]),
+        }
+
+    def _safe_pipeline_stats(self) -> dict[str, Any]:
+        try:
+            return dict(self.pipeline.stats()) if self.pipeline is not None else {}
+        except Exception as exc:
+            return {"error": str(exc)}
+
+    def _gpu_status(self) -> dict[str, Any]:
+        gpus: dict[str, dict[str, Any]] = {}
+        for name, key in GPU_STATUS_METRICS.items():
+            for sample in self.store.latest(name):
+                index = sample.label("gpu_index") or sample.label("gpu", "?")
+                entry = gpus.setdefault(index, {"index": index, "uuid": sample.label("gpu_uuid"),
+                                                "name": sample.label("gpu_name")})
+                entry[key] = sample.value
+        if gpus:
+            return {"devices": [gpus[k] for k in sorted(gpus, key=lambda i: (len(i), i))], "none_reason": None}
+        backend = self.config.sources.gpu.backend
+        reason = self._health.errors.get("gpu")
+        for source in self.sources:
+            if getattr(source, "name", "") == "gpu":
+                reason = getattr(source, "unavailable_reason", None) or reason
+        if backend == "off":
+            reason = "GPU source off (sources.gpu.backend: off)"
+        return {"devices": [], "none_reason": reason or f"no GPU samples (sources.gpu.backend: {backend})"}
+
+
+# status key -> metric names tried in order (the builtin sidecar's and vLLM's, as the engine scrape maps them)
+ENGINE_STATUS_METRICS: dict[str, tuple[str, ...]] = {
+    "requests_running": ("dsagent_engine_requests_running", "vllm:num_requests_running", "vllm_num_requests_running"),
+    "requests_waiting": ("dsagent_engine_requests_waiting", "vllm:num_requests_waiting", "vllm_num_requests_waiting"),
+    "kv_cache_usage_ratio": ("dsagent_engine_kv_cache_usage_ratio", "vllm:kv_cache_usage_perc",
+                             "vllm_kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"),
+    "up": ("dsagent_engine_up",),
+}
+
+GPU_STATUS_METRICS: dict[str, str] = {
+    "utilization_ratio": "dsagent_gpu_utilization_ratio",
+    "memory_used_bytes": "dsagent_gpu_memory_used_bytes",
+    "memory_total_bytes": "dsagent_gpu_memory_total_bytes",
+    "temperature_celsius": "dsagent_gpu_temperature_celsius",
+    "power_draw_watts": "dsagent_gpu_power_draw_watts",
+}
+
