@@ -38,6 +38,39 @@ def demo_model(
     write_demo_model(path, size=size, seed=seed, arch=arch, train_steps=train_steps)
 
 
+@app.command("check-precision")
+def check_precision_command(
+    model: Path = typer.Option(..., "--model", envvar="DSSIDECAR_MODEL", help="Checkpoint directory (loaded in fp32)."),
+    precision: str = typer.Option("int8", "--precision", envvar="DSSIDECAR_PRECISION", help="bf16, fp16, int8, int8_weight_only or fp8."),
+    device: str = typer.Option("auto", "--device", envvar="DSSIDECAR_DEVICE", help="auto, cpu, cuda or cuda:N."),
+    max_kl: float = typer.Option(0.05, "--max-kl", envvar="DSSIDECAR_MAX_KL", help="Largest mean KL(fp32 || candidate) in nats."),
+    min_agreement: float = typer.Option(0.90, "--min-agreement", envvar="DSSIDECAR_MIN_AGREEMENT", help="Smallest teacher-forced top-1 agreement (0..1)."),
+    max_ppl_delta: float = typer.Option(0.05, "--max-ppl-delta", envvar="DSSIDECAR_MAX_PPL_DELTA", help="Largest relative perplexity increase (0.05 = +5%)."),
+    num_prompts: int = typer.Option(16, "--num-prompts", envvar="DSSIDECAR_NUM_PROMPTS", help="Prompts in the fixed set."),
+    json_out: Path | None = typer.Option(None, "--json", help="Also write the figures as JSON to this file."),
+) -> None:
+    """Compare fp32 with PRECISION on a fixed prompt set; exit 1 past the thresholds, 2 if unsupported."""
+    import json
+
+    from dssidecar.check_precision import Thresholds, check_precision_for_model_dir, format_report
+    from dssidecar.precision import UnsupportedPrecisionError
+
+    thresholds = Thresholds(min_agreement=min_agreement, max_kl=max_kl, max_ppl_delta=max_ppl_delta)
+    try:
+        report = check_precision_for_model_dir(model, precision, device, thresholds, num_prompts=num_prompts)
+    except UnsupportedPrecisionError as exc:
+        typer.echo(f"check-precision: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except (OSError, ValueError) as exc:
+        typer.echo(f"check-precision: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(format_report(report))
+    if json_out is not None:
+        json_out.write_text(json.dumps(report.to_dict(), indent=2, default=str) + "\n", encoding="utf-8")
+    if not report.passed:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     app()
 

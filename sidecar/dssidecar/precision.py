@@ -224,6 +224,14 @@ def _quantize_dynamic_int8(model: nn.Module) -> nn.Module:
         return quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
 
 
+def _keep_rotary_fp32(model: nn.Module) -> nn.Module:
+    """RoPE tables stay fp32 whatever the weights are (positions beyond ~256 lose accuracy in bf16)."""
+    for module_name, module in model.named_modules():
+        if module_name.split(".")[-1] == "rotary":
+            module.float()
+    return model
+
+
 def convert_model(model: nn.Module, name: str, device: torch.device | str) -> nn.Module:
     """A converted copy of an fp32 `model` for precision `name`; the original is left untouched.
 
@@ -232,10 +240,10 @@ def convert_model(model: nn.Module, name: str, device: torch.device | str) -> nn
     plan = precision_plan(name, device)
     converted = copy.deepcopy(model)
     if plan.weight_format == "dense":
-        return converted.to(dtype=plan.activation_dtype)
+        return _keep_rotary_fp32(converted.to(dtype=plan.activation_dtype))
     if plan.weight_format == "int8_dynamic":
         return _quantize_dynamic_int8(converted.float())
-    converted = converted.to(dtype=plan.activation_dtype)
+    converted = _keep_rotary_fp32(converted.to(dtype=plan.activation_dtype))
     linear_class: type[Int8WeightOnlyLinear] | type[Fp8Linear] = (
         Int8WeightOnlyLinear if plan.weight_format == "int8_weight_only" else Fp8Linear
     )
