@@ -55,9 +55,7 @@ class AgentScheduler:
         with self._counter_lock:
             if event.code == EVENT_JOB_ERROR:
                 bucket = self.counters.failed
-                log.error("job %s failed: %r", event.job_id, event.exception,
-                          exc_info=(type(event.exception), event.exception, event.traceback)
-                          if event.exception else None)
+                log.error("job %s failed: %r\n%s", event.job_id, event.exception, event.traceback or "")
             elif event.code == EVENT_JOB_MISSED:
                 bucket = self.counters.missed
             else:
