@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from dsagent.config import ConfigError, effective_config_yaml, load_config, mask_secrets
 
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
-
 from dsagent.samples import RequestRecord
 from dsagent.slo import RequestStats, quantile
+from hypothesis import given
+from hypothesis import strategies as st
 
 
 class Clock:

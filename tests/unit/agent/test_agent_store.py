@@ -5,11 +5,10 @@ from __future__ import annotations
 import threading
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from dsagent.samples import Sample, make_labels
 from dsagent.store import LabelMatcher, RingSeries, TimeSeriesStore
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 
 def gauge(name: str, value: float, t: float, **labels: str) -> Sample:

@@ -8,10 +8,10 @@ import time
 from pathlib import Path
 
 import pytest
-
 from dsagent import supervisor as supervisor_module
 from dsagent.config import EngineConfig, SupervisorConfig
 from dsagent.supervisor import EngineState, EngineSupervisor, backoff_seconds
+
 from tests.conftest import free_port
 
 FAKE_ENGINE = Path(__file__).resolve().parents[2] / "fakes" / "fake_engine.py"
