@@ -110,7 +110,7 @@ class SimulatedGpuBackend:
         load: Callable[[], GpuLoad | None] | None = None,
         model: SimulatedGpuModel | None = None,
         clock: Callable[[], float] = time.monotonic,
-        process_pid: int | None = None,
+        process_pid: int | Callable[[], int | None] | None = None,
     ) -> None:
         if gpu_count < 1:
             raise ValueError(f"gpu_count must be >= 1, got {gpu_count}")
@@ -176,8 +176,9 @@ class SimulatedGpuBackend:
                 xid_errors_total=0,
                 ecc_errors={key: 0 for key in ("corrected_volatile", "uncorrected_volatile")},
             )
-            if self._process_pid is not None and used_bytes > m.memory_base_bytes:
-                reading.process_memory_bytes = {self._process_pid: used_bytes - m.memory_base_bytes}
+            pid = self._process_pid() if callable(self._process_pid) else self._process_pid
+            if pid is not None and used_bytes > m.memory_base_bytes:
+                reading.process_memory_bytes = {pid: used_bytes - m.memory_base_bytes}
             readings.append(reading)
         return readings
 

@@ -1,0 +1,191 @@
+"""Scrape of the engine's Prometheus /metrics (builtin sidecar or vLLM) into stable dsagent_engine_* Samples.
+
+The text is parsed with prometheus_client's own parser (`text_string_to_metric_families`). vLLM's names
+(which the builtin sidecar also uses) and our dssidecar_* gauges map onto one stable set documented in
+metric_metadata.ENGINE_METRICS, so rules read the same names for every engine; anything else is kept as
+`engine_<name with ':' -> '_'>`. Histograms keep their `le` labels for histogram_quantile. Every scrape
+also yields dsagent_engine_up (1 or 0); an unreachable engine raises SourceError carrying `up 0`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import httpx
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+
+from dsagent.samples import Sample, make_labels
+from dsagent.sources.base import SourceError
+from dsagent.sources.metric_metadata import METRICS_BY_NAME, metadata_for
+
+# Engine family name (as prometheus_client reports it: counters without _total) -> stable name.
+ENGINE_FAMILY_MAP: dict[str, str] = {
+    "vllm:num_requests_running": "dsagent_engine_requests_running",
+    "vllm:num_requests_waiting": "dsagent_engine_requests_waiting",
+    "vllm:kv_cache_usage_perc": "dsagent_engine_kv_cache_usage_ratio",
+    "vllm:gpu_cache_usage_perc": "dsagent_engine_kv_cache_usage_ratio",
+    "vllm:prompt_tokens": "dsagent_engine_prompt_tokens",
+    "vllm:generation_tokens": "dsagent_engine_generation_tokens",
+    "vllm:num_preemptions": "dsagent_engine_preemptions",
+    "vllm:request_success": "dsagent_engine_requests_finished",
+    "vllm:time_to_first_token_seconds": "dsagent_engine_time_to_first_token_seconds",
+    "vllm:inter_token_latency_seconds": "dsagent_engine_inter_token_latency_seconds",
+    "vllm:time_per_output_token_seconds": "dsagent_engine_time_per_output_token_seconds",
+    "vllm:e2e_request_latency_seconds": "dsagent_engine_e2e_request_latency_seconds",
+    "vllm:request_queue_time_seconds": "dsagent_engine_request_queue_time_seconds",
+    "vllm:request_prompt_tokens": "dsagent_engine_request_prompt_tokens",
+    "vllm:request_generation_tokens": "dsagent_engine_request_generation_tokens",
+    "dssidecar_knob_value": "dsagent_engine_knob_value",
+    "dssidecar_knob_info": "dsagent_engine_knob_info",
+    "dssidecar_kv_cache_blocks": "dsagent_engine_kv_cache_blocks",
+    "dssidecar_kv_cache_free_blocks": "dsagent_engine_kv_cache_free_blocks",
+    "dssidecar_engine_loop_alive": "dsagent_engine_loop_alive",
+    "dssidecar_draining": "dsagent_engine_draining",
+}
+# An exposition without "# TYPE ... counter" lines names counters with their _total; map those too.
+ENGINE_FAMILY_MAP.update(
+    {
+        f"{engine}_total": f"{stable}_total"
+        for engine, stable in list(ENGINE_FAMILY_MAP.items())
+        if engine in ("vllm:prompt_tokens", "vllm:generation_tokens", "vllm:num_preemptions", "vllm:request_success")
+    }
+)
+
+# When an engine exposes both, the first name wins (vLLM and the sidecar export the KV ratio twice).
+_FALLBACK_FAMILIES: dict[str, str] = {"vllm:gpu_cache_usage_perc": "vllm:kv_cache_usage_perc"}
+
+_INVALID_NAME_CHARACTERS = re.compile(r"[^a-zA-Z0-9_]")
+
+
+def passthrough_name(engine_family: str) -> str:
+    """`engine_` + the engine's name with every character Prometheus forbids (':' too) turned into '_'."""
+    return "engine_" + _INVALID_NAME_CHARACTERS.sub("_", engine_family)
+
+
+def families_to_samples(
+    families: Iterable[Metric], timestamp_seconds: float, keep_unmapped: bool = True
+) -> list[Sample]:
+    """Map parsed metric families to Samples (see module docstring). NaN values are omitted."""
+    families = list(families)
+    present = {family.name for family in families}
+    samples: list[Sample] = []
+    seen: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
+    for family in families:
+        preferred = _FALLBACK_FAMILIES.get(family.name)
+        if preferred is not None and preferred in present:
+            continue
+        stable = ENGINE_FAMILY_MAP.get(family.name)
+        if stable is None and not keep_unmapped:
+            continue
+        base = stable or passthrough_name(family.name)
+        for sample in family.samples:
+            if not sample.name.startswith(family.name):
+                continue  # the parser never does this; guard so a suffix is always well defined
+            suffix = sample.name[len(family.name) :]
+            if suffix == "_created" or math.isnan(sample.value):
+                continue
+            name = base + suffix
+            labels = make_labels(dict(sample.labels))
+            if (name, labels) in seen:
+                continue
+            seen.add((name, labels))
+            samples.append(
+                Sample(name, labels, float(sample.value), timestamp_seconds, _kind(family.type, name, suffix), _unit(name))
+            )
+    return samples
+
+
+def _kind(family_type: str, name: str, suffix: str) -> str:
+    if family_type == "counter" or name.endswith("_total") or (family_type in ("histogram", "summary") and suffix in ("_sum", "_count", "_bucket")):
+        return "counter"
+    return "gauge"
+
+
+def _unit(name: str) -> str:
+    meta = metadata_for(name)
+    return meta.unit if meta is not None else ""
+
+
+def parse_prometheus_text(text: str, timestamp_seconds: float, keep_unmapped: bool = True) -> list[Sample]:
+    """Parse one scrape body. Raises ValueError naming the problem when the text is not Prometheus format."""
+    try:
+        families = list(text_string_to_metric_families(text))
+    except Exception as error:  # the parser raises ValueError/IndexError/TypeError on malformed lines
+        raise ValueError(f"engine /metrics is not valid Prometheus text: {error}") from error
+    return families_to_samples(families, timestamp_seconds, keep_unmapped)
+
+
+@dataclass(frozen=True)
+class EngineLoadSnapshot:
+    """What the last good scrape said about load, for the simulated GPU (None where not exposed)."""
+
+    requests_running: float | None
+    kv_cache_usage_ratio: float | None
+    max_batch_size: float | None
+
+
+class EngineScrapeSource:
+    """GET engine_url + metrics_path each tick; pass `transport` (httpx.MockTransport) in tests."""
+
+    name = "engine"
+
+    def __init__(
+        self,
+        engine_url: str,
+        metrics_path: str = "/metrics",
+        timeout_seconds: float = 2.0,
+        keep_unmapped: bool = True,
+        transport: httpx.BaseTransport | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not engine_url.startswith(("http://", "https://")):
+            raise ValueError(f"engine_url {engine_url!r} must be an http(s) URL such as http://127.0.0.1:8000")
+        self.url = engine_url.rstrip("/") + metrics_path
+        self._keep_unmapped = keep_unmapped
+        self._clock = clock
+        self._client = httpx.Client(timeout=timeout_seconds, transport=transport)
+        self._last_load = EngineLoadSnapshot(None, None, None)
+
+    def collect(self) -> list[Sample]:
+        started = time.monotonic()
+        try:
+            response = self._client.get(self.url, headers={"Accept": "text/plain;version=0.0.4"})
+            response.raise_for_status()
+            now = self._clock()
+            samples = parse_prometheus_text(response.text, now, self._keep_unmapped)
+        except (httpx.HTTPError, ValueError) as error:
+            raise SourceError(f"engine metrics at {self.url} unreadable: {error}", [self._up(0.0)]) from error
+        duration = time.monotonic() - started
+        self._last_load = _load_snapshot(samples)
+        meta = METRICS_BY_NAME["dsagent_engine_scrape_duration_seconds"]
+        samples.append(self._up(1.0, now))
+        samples.append(Sample(meta.name, make_labels(), duration, now, meta.kind, meta.unit))
+        return samples
+
+    def _up(self, value: float, now: float | None = None) -> Sample:
+        return Sample("dsagent_engine_up", make_labels(), value, self._clock() if now is None else now, "gauge", "")
+
+    def last_load(self) -> EngineLoadSnapshot:
+        return self._last_load
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _load_snapshot(samples: list[Sample]) -> EngineLoadSnapshot:
+    running: float | None = None
+    kv_usage: float | None = None
+    max_batch: float | None = None
+    for sample in samples:
+        if sample.name == "dsagent_engine_requests_running":
+            running = (running or 0.0) + sample.value
+        elif sample.name == "dsagent_engine_kv_cache_usage_ratio":
+            kv_usage = max(kv_usage or 0.0, sample.value)
+        elif sample.name == "dsagent_engine_knob_value" and sample.label("knob") == "max_batch_size":
+            max_batch = sample.value
+    return EngineLoadSnapshot(running, kv_usage, max_batch)
