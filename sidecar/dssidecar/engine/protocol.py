@@ -35,6 +35,14 @@ class EngineStoppedError(EngineError):
     """The engine is draining or stopped and admits no new requests."""
 
 
+class InvalidRequestError(EngineError):
+    """The request itself is malformed (empty prompt, token id outside the vocabulary, max_tokens < 1)."""
+
+
+class EngineStepError(EngineError):
+    """The engine failed while running this request (for example an exception in the model step)."""
+
+
 @dataclass
 class SamplingParams:
     """How to pick tokens for one request. Defaults follow OpenAI's API."""
@@ -71,6 +79,8 @@ class RequestOutput:
     arrival_time: float
     first_token_time: float | None = None
     finish_time: float | None = None
+    # set (with finished=True, finish_reason="abort") when the engine failed this request
+    error: str | None = None
 
 
 @dataclass

@@ -1,0 +1,414 @@
+"""The synchronous engine: `step()` = schedule -> run -> postprocess.
+
+Owns the scheduler (with its block manager), the model runner and the tokenizer. Postprocess appends
+sampled tokens, decides when a request is finished (EOS, stop token ids, stop strings, max_tokens,
+context length), detokenizes incrementally and returns one `RequestOutput` delta per request that
+advanced. It is single-threaded by design: AsyncLLMEngine calls it from one background thread and
+funnels additions, aborts and knob changes in between steps.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from collections.abc import Sequence as SequenceType
+from pathlib import Path
+from typing import Any
+
+import torch
+from dssidecar.device import (
+    configure_cpu_threads,
+    device_memory_available_bytes,
+    resolve_device,
+    resolve_dtype,
+)
+from dssidecar.engine.block_manager import BlockManager
+from dssidecar.engine.config import EngineConfig
+from dssidecar.engine.model_runner import ModelRunner, kv_cache_bytes_per_block
+from dssidecar.engine.protocol import (
+    InvalidRequestError,
+    QueueFullError,
+    RequestOutput,
+    RequestTooLongError,
+    SamplingParams,
+)
+from dssidecar.engine.sampling import make_generator
+from dssidecar.engine.scheduler import ScheduledBatch, Scheduler
+from dssidecar.engine.sequence import Sequence, SequenceStatus
+from dssidecar.models.config import ModelConfig
+from dssidecar.models.tokenizer import HFTokenizer, IncrementalDetokenizer
+
+logger = logging.getLogger("dssidecar.engine")
+
+
+def auto_kv_cache_blocks(
+    model_config: ModelConfig, config: EngineConfig, device: torch.device, dtype: torch.dtype
+) -> int:
+    """Blocks that fit the memory budget, at least enough for one max-length sequence."""
+    block_bytes = kv_cache_bytes_per_block(model_config, config.block_size, dtype)
+    available_bytes = device_memory_available_bytes(device)
+    if device.type == "cuda":
+        budget_bytes = int(available_bytes * config.kv_cache_gpu_memory_fraction)
+    else:
+        budget_bytes = min(int(available_bytes * config.kv_cache_memory_fraction), config.kv_cache_memory_max_bytes)
+    max_model_len = config.max_model_len or model_config.max_position_embeddings
+    minimum = math.ceil(max_model_len / config.block_size) + 1
+    return max(budget_bytes // block_bytes, minimum)
+
+
+class LLMEngine:
+    def __init__(
+        self,
+        runner: ModelRunner,
+        tokenizer: HFTokenizer | None,
+        model_config: ModelConfig,
+        config: EngineConfig,
+        model_name: str = "model",
+    ) -> None:
+        config.validate()
+        self.config = config
+        self.model_config = model_config
+        self.model_name = model_name
+        self.runner = runner
+        self.tokenizer = tokenizer
+        self.max_model_len = min(config.max_model_len or model_config.max_position_embeddings,
+                                 model_config.max_position_embeddings)
+        self.block_manager = BlockManager(runner.num_blocks, config.block_size, config.enable_prefix_caching)
+        self.scheduler = Scheduler(self.block_manager, config.max_batch_size, config.max_num_batched_tokens)
+        eos = list(tokenizer.eos_token_ids) if tokenizer is not None else list(model_config.eos_token_ids)
+        self.eos_token_ids: frozenset[int] = frozenset(eos)
+        self._requests: dict[str, Sequence] = {}
+        self._pending_runner: ModelRunner | None = None
+        self._current_batch: ScheduledBatch | None = None
+        # counters for /metrics
+        self.steps_total = 0
+        self.prompt_tokens_total = 0
+        self.generation_tokens_total = 0
+        self.requests_finished_total = 0
+
+    # ---- construction ---------------------------------------------------------------------------
+    @classmethod
+    def from_model_path(cls, model_path: str | Path, config: EngineConfig | None = None) -> LLMEngine:
+        """Load a local checkpoint (manifest verified) and build an engine on the configured device."""
+        from dssidecar.models.loader import load_checkpoint
+
+        config = config or EngineConfig()
+        config.validate()
+        device = resolve_device(config.device)
+        if device.type == "cpu":
+            configure_cpu_threads(config.num_threads)
+        dtype = resolve_dtype(config.precision)
+        checkpoint = load_checkpoint(model_path, device=device, dtype=dtype)
+        model: torch.nn.Module = checkpoint.model
+        forward = None
+        if config.precision.lower() not in ("fp32", "float32", "bf16", "bfloat16", "fp16", "float16"):
+            from dssidecar.precision import convert_model  # helper K's module: int8, fp8
+
+            model = convert_model(model, config.precision, device)
+        if config.backend != "eager":
+            from dssidecar.backends.registry import apply_backend
+
+            forward = apply_backend(model, config.backend, device)
+        num_blocks = config.kv_cache_blocks or auto_kv_cache_blocks(checkpoint.config, config, device, dtype)
+        runner = ModelRunner(
+            model,
+            checkpoint.config,
+            num_blocks=num_blocks,
+            block_size=config.block_size,
+            device=device,
+            kv_dtype=dtype,
+            forward=forward,
+            precision=config.precision,
+            backend=config.backend,
+        )
+        name = config.model_name or Path(model_path).resolve().name
+        logger.info("engine ready: model=%s device=%s kv_blocks=%d (%.1f MiB)", name, device, num_blocks,
+                    runner.kv_cache_bytes / 2**20)
+        return cls(runner, checkpoint.tokenizer, checkpoint.config, config, model_name=name)
+
+    # ---- requests -------------------------------------------------------------------------------
+    def validate_request(self, prompt_token_ids: SequenceType[int], params: SamplingParams) -> None:
+        """Raise the error a request would get at admission (no state changes)."""
+        if not prompt_token_ids:
+            raise InvalidRequestError("the prompt is empty; give at least one token")
+        if params.max_tokens < 1:
+            raise InvalidRequestError(f"max_tokens must be >= 1, got {params.max_tokens}")
+        vocab_size = self.model_config.vocab_size
+        bad = next((t for t in prompt_token_ids if not 0 <= int(t) < vocab_size), None)
+        if bad is not None:
+            raise InvalidRequestError(f"prompt token id {bad} is outside the vocabulary [0, {vocab_size})")
+        if params.temperature < 0 or not 0 < params.top_p <= 1:
+            raise InvalidRequestError(
+                f"temperature must be >= 0 and top_p in (0, 1]; got {params.temperature}, {params.top_p}"
+            )
+        total = len(prompt_token_ids) + params.max_tokens
+        if total > self.max_model_len:
+            raise RequestTooLongError(
+                f"prompt ({len(prompt_token_ids)} tokens) + max_tokens ({params.max_tokens}) = {total} "
+                f"exceeds the model's context length of {self.max_model_len} tokens"
+            )
+        blocks_needed = math.ceil(total / self.config.block_size)
+        if blocks_needed > self.block_manager.num_blocks:
+            raise RequestTooLongError(
+                f"prompt + max_tokens = {total} tokens needs {blocks_needed} KV blocks but the pool holds only "
+                f"{self.block_manager.num_blocks}; raise kv_cache_blocks or lower max_tokens"
+            )
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.scheduler.waiting)
+
+    def add_request(
+        self,
+        request_id: str,
+        prompt_token_ids: SequenceType[int],
+        params: SamplingParams,
+        arrival_time: float | None = None,
+    ) -> Sequence:
+        self.validate_request(prompt_token_ids, params)
+        if request_id in self._requests:
+            raise InvalidRequestError(f"request id {request_id!r} is already running")
+        if self.num_waiting >= self.config.max_waiting_requests:
+            raise QueueFullError(
+                f"{self.num_waiting} requests are waiting (max_waiting_requests={self.config.max_waiting_requests})"
+            )
+        seq = Sequence(
+            request_id=request_id,
+            token_ids=[int(t) for t in prompt_token_ids],
+            params=params,
+            arrival_time=time.monotonic() if arrival_time is None else arrival_time,
+            block_size=self.config.block_size,
+            generator=make_generator(params.seed, self.runner.device),
+        )
+        if self.tokenizer is not None:
+            seq.detokenizer = IncrementalDetokenizer(self.tokenizer, seq.token_ids)
+        self._requests[request_id] = seq
+        self.scheduler.add(seq)
+        return seq
+
+    def abort_request(self, request_id: str) -> RequestOutput | None:
+        """Stop a request and free its blocks; returns its final delta, or None if it is unknown."""
+        seq = self._requests.get(request_id)
+        if seq is None:
+            return None
+        return self._finish(seq, "abort")
+
+    def fail_requests(self, seqs: SequenceType[Sequence], error: str) -> list[RequestOutput]:
+        """End requests with an error (used when a step raised)."""
+        outputs = []
+        for seq in seqs:
+            if seq.request_id in self._requests:
+                seq.error = error
+                outputs.append(self._finish(seq, "abort"))
+        return outputs
+
+    def fail_current_batch(self, error: str) -> list[RequestOutput]:
+        batch = self._current_batch
+        self._current_batch = None
+        return self.fail_requests(batch.seqs if batch else [], error)
+
+    def abort_all(self) -> list[RequestOutput]:
+        return [self._finish(seq, "abort") for seq in list(self._requests.values())]
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self._requests)
+
+    # ---- runner swap (precision / backend knobs) ----------------------------------------------
+    def build_runner(
+        self,
+        model: torch.nn.Module,
+        *,
+        precision: str,
+        backend: str = "eager",
+        forward: Callable[..., Any] | None = None,
+        kv_dtype: torch.dtype | None = None,
+    ) -> ModelRunner:
+        """A runner for another model variant with the same pool geometry. When the KV dtype is the same
+        the new runner shares the current pool (no extra memory, no recompute)."""
+        current = self.runner
+        kv_dtype = kv_dtype or current.kv_dtype
+        shared = current.kv_cache if kv_dtype == current.kv_dtype else None
+        return ModelRunner(
+            model,
+            self.model_config,
+            num_blocks=current.num_blocks,
+            block_size=current.block_size,
+            device=current.device,
+            kv_dtype=kv_dtype,
+            forward=forward,
+            precision=precision,
+            backend=backend,
+            kv_cache=shared,
+        )
+
+    def swap_runner(self, new_runner: ModelRunner) -> None:
+        """Switch to `new_runner` before the next step (never in the middle of one)."""
+        if new_runner.num_blocks != self.runner.num_blocks or new_runner.block_size != self.runner.block_size:
+            raise ValueError(
+                f"new runner has {new_runner.num_blocks} blocks of {new_runner.block_size} tokens; the engine's "
+                f"pool has {self.runner.num_blocks} of {self.runner.block_size} (resize the pool separately)"
+            )
+        self._pending_runner = new_runner
+
+    def _apply_pending_runner(self) -> None:
+        new_runner, self._pending_runner = self._pending_runner, None
+        if new_runner is None:
+            return
+        old_runner = self.runner
+        if new_runner.kv_cache.data_ptr() != old_runner.kv_cache.data_ptr():
+            # a different pool (other KV dtype): in-flight sequences are recomputed from their tokens
+            for seq in list(self.scheduler.running)[::-1]:
+                self.scheduler.running.remove(seq)
+                self.scheduler.preempt(seq)
+            for seq in self.scheduler.waiting:
+                if seq.block_table:
+                    self.block_manager.deallocate(seq)
+            # cached prefixes live in the old pool: forget them
+            self.block_manager.hash_to_block_id.clear()
+            for block in self.block_manager.blocks:
+                block.hash = None
+                block.token_ids = ()
+        for seq in self._requests.values():
+            if seq.generator is not None and seq.generator.device != new_runner.device:
+                seq.generator = make_generator(seq.params.seed, new_runner.device)
+        self.runner = new_runner
+        logger.info("runner swapped: precision=%s backend=%s", new_runner.precision, new_runner.backend)
+
+    # ---- the step -------------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        self._apply_pending_runner()
+        batch = self.scheduler.schedule()
+        if batch is None:
+            return self._unblock()
+        self._current_batch = batch
+        token_ids = self.runner.run(batch.seqs, batch.is_prefill)
+        outputs = self._postprocess(batch, token_ids)
+        self._current_batch = None
+        self.steps_total += 1
+        return outputs
+
+    def _unblock(self) -> list[RequestOutput]:
+        """Nothing could be scheduled although requests wait: the head of the queue can never fit the
+        pool (it shrank); fail it rather than spin."""
+        if self.scheduler.waiting and not self.scheduler.running:
+            seq = self.scheduler.waiting[0]
+            seq.error = (
+                f"request needs {seq.num_blocks} KV blocks but only {self.block_manager.num_free_blocks} "
+                f"of {self.block_manager.num_blocks} are free with nothing running"
+            )
+            return [self._finish(seq, "abort")]
+        return []
+
+    def _postprocess(self, batch: ScheduledBatch, token_ids: list[int]) -> list[RequestOutput]:
+        now = time.monotonic()
+        outputs: list[RequestOutput] = []
+        for seq, token_id in zip(batch.seqs, token_ids, strict=True):
+            seq.num_cached_tokens += seq.num_scheduled_tokens
+            seq.num_scheduled_tokens = 0
+            self.block_manager.register_full_blocks(seq)
+            if batch.is_prefill and seq.num_cached_tokens < seq.num_tokens:
+                continue  # a chunk of a long prompt: no token yet
+            seq.token_ids.append(token_id)
+            self.generation_tokens_total += 1
+            if seq.first_token_time is None:
+                seq.first_token_time = now
+                self.prompt_tokens_total += seq.num_prompt_tokens
+            finish_reason = self._append_text_and_check_stop(seq, token_id)
+            if finish_reason is not None:
+                outputs.append(self._finish(seq, finish_reason, now))
+            else:
+                output = self._delta(seq, finished=False)
+                if output is not None:
+                    outputs.append(output)
+        return outputs
+
+    def _append_text_and_check_stop(self, seq: Sequence, token_id: int) -> str | None:
+        params = seq.params
+        if token_id in params.stop_token_ids or (not params.ignore_eos and token_id in self.eos_token_ids):
+            return "stop"
+        if seq.detokenizer is not None:
+            seq.output_text += seq.detokenizer.add([token_id])  # type: ignore[attr-defined]
+            if params.stop:
+                stop_reason = self._check_stop_strings(seq, params.stop)
+                if stop_reason:
+                    return stop_reason
+        if seq.num_completion_tokens >= params.max_tokens or seq.num_tokens >= self.max_model_len:
+            return "length"
+        return None
+
+    @staticmethod
+    def _check_stop_strings(seq: Sequence, stops: list[str]) -> str | None:
+        longest = max(len(s) for s in stops)
+        search_from = max(0, seq.num_text_chars_sent - longest)
+        text = seq.output_text
+        best = -1
+        for stop in stops:
+            if not stop:
+                continue
+            index = text.find(stop, search_from)
+            if index != -1 and (best == -1 or index < best):
+                best = index
+        if best == -1:
+            return None
+        seq.output_text = text[:best]
+        return "stop"
+
+    def _delta(self, seq: Sequence, finished: bool) -> RequestOutput | None:
+        new_tokens = seq.completion_token_ids[seq.num_tokens_sent :]
+        text_end = len(seq.output_text)
+        if not finished and seq.params.stop:
+            # hold back text that could still turn out to be the start of a stop string
+            text_end = max(seq.num_text_chars_sent, text_end - (max(len(s) for s in seq.params.stop) - 1))
+        text = seq.output_text[seq.num_text_chars_sent : text_end]
+        if not new_tokens and not text and not finished:
+            return None
+        seq.num_tokens_sent += len(new_tokens)
+        seq.num_text_chars_sent = text_end
+        return RequestOutput(
+            request_id=seq.request_id,
+            token_ids=new_tokens,
+            text=text,
+            finished=finished,
+            finish_reason=seq.finish_reason if finished else None,
+            prompt_tokens=seq.num_prompt_tokens,
+            completion_tokens=seq.num_completion_tokens,
+            arrival_time=seq.arrival_time,
+            first_token_time=seq.first_token_time,
+            finish_time=seq.finish_time,
+            error=seq.error,
+        )
+
+    def _finish(self, seq: Sequence, reason: str, now: float | None = None) -> RequestOutput:
+        seq.finish_reason = reason  # type: ignore[assignment]
+        seq.finish_time = time.monotonic() if now is None else now
+        if seq.detokenizer is not None and reason != "abort":
+            tail = seq.detokenizer.add([], final=True)  # type: ignore[attr-defined]
+            if tail and reason == "length":
+                seq.output_text += tail
+        if seq.status is not SequenceStatus.FINISHED:
+            self.scheduler.finish(seq)
+        self._requests.pop(seq.request_id, None)
+        self.requests_finished_total += 1
+        output = self._delta(seq, finished=True)
+        assert output is not None
+        return output
+
+    # ---- convenience for tests and benchmarks ---------------------------------------------------
+    def generate(
+        self,
+        prompts: SequenceType[SequenceType[int]],
+        params: SamplingParams | SequenceType[SamplingParams],
+    ) -> list[list[int]]:
+        """Run prompts to completion synchronously; returns the completion token ids of each."""
+        params_list = [params] * len(prompts) if isinstance(params, SamplingParams) else list(params)
+        ids = [f"generate-{id(self)}-{i}" for i in range(len(prompts))]
+        for request_id, prompt, p in zip(ids, prompts, params_list, strict=True):
+            self.add_request(request_id, prompt, p)
+        results: dict[str, list[int]] = {request_id: [] for request_id in ids}
+        while self.has_unfinished_requests():
+            for output in self.step():
+                if output.request_id in results:
+                    results[output.request_id].extend(output.token_ids)
+        return [results[request_id] for request_id in ids]

@@ -1,0 +1,163 @@
+"""Runs the model for one scheduled batch: builds the step's tensors, calls the model, samples.
+
+It owns the KV pool tensor [num_layers, 2, num_blocks, block_size, num_kv_heads, head_dim] (zeroed so
+padding never reads NaN) and turns the scheduler's block tables into slot mappings and masks with
+tensor ops (one small host->device copy per input, no per-token Python loops). Sampled ids cross to
+the CPU once per step.
+
+A runner is self-contained (model + pool + device), so the knob controller can build a new one for
+another precision/backend beside the old one and LLMEngine.swap_runner() switches between steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from dssidecar.engine.sampling import sample_tokens
+from dssidecar.engine.sequence import Sequence
+from dssidecar.models.attention import AttentionMetadata
+from dssidecar.models.config import ModelConfig
+from torch import nn
+
+
+def kv_cache_bytes_per_block(config: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
+    element_bytes = torch.empty((), dtype=dtype).element_size()
+    return 2 * config.num_hidden_layers * block_size * config.num_key_value_heads * config.head_dim * element_bytes
+
+
+class ModelRunner:
+    def __init__(
+        self,
+        model: nn.Module,
+        model_config: ModelConfig,
+        *,
+        num_blocks: int,
+        block_size: int,
+        device: torch.device,
+        kv_dtype: torch.dtype | None = None,
+        forward: Callable[..., torch.Tensor] | None = None,
+        precision: str = "fp32",
+        backend: str = "eager",
+        kv_cache: torch.Tensor | None = None,
+    ) -> None:
+        self.model = model
+        self.model_config = model_config
+        self.block_size = block_size
+        self.device = torch.device(device)
+        self.precision = precision
+        self.backend = backend
+        if kv_dtype is None:
+            kv_dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+        self.kv_dtype = kv_dtype
+        # `forward` lets a backend (torch.compile, TensorRT) replace the model's forward call
+        self.forward: Callable[..., Any] = forward if forward is not None else model
+        shape = (
+            model_config.num_hidden_layers,
+            2,
+            num_blocks,
+            block_size,
+            model_config.num_key_value_heads,
+            model_config.head_dim,
+        )
+        if kv_cache is not None and tuple(kv_cache.shape) == shape:
+            self.kv_cache = kv_cache.to(device=self.device, dtype=kv_dtype)
+        else:
+            self.kv_cache = torch.zeros(shape, dtype=kv_dtype, device=self.device)
+        self.num_blocks = num_blocks
+
+    @property
+    def kv_cache_bytes(self) -> int:
+        return self.kv_cache.numel() * self.kv_cache.element_size()
+
+    def _to_device(self, values: list[int] | list[list[int]]) -> torch.Tensor:
+        tensor = torch.tensor(values, dtype=torch.int64)
+        if self.device.type != "cpu":
+            tensor = tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor
+
+    def _block_tables(self, seqs: list[Sequence]) -> torch.Tensor:
+        width = max(len(seq.block_table) for seq in seqs)
+        return self._to_device([seq.block_table + [0] * (width - len(seq.block_table)) for seq in seqs])
+
+    def prepare_prefill(self, seqs: list[Sequence]) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, torch.Tensor]:
+        """Packed inputs for the scheduled prompt chunks; returns (ids, positions, meta, last_index)."""
+        input_ids: list[int] = []
+        positions: list[int] = []
+        pad_index: list[int] = []
+        starts: list[int] = []
+        query_lens: list[int] = []
+        for seq in seqs:
+            start = seq.num_cached_tokens
+            end = start + seq.num_scheduled_tokens
+            input_ids.extend(seq.token_ids[start:end])
+            positions.extend(range(start, end))
+            starts.append(start)
+            query_lens.append(end - start)
+        batch = len(seqs)
+        max_query_len = max(query_lens)
+        for row, query_len in enumerate(query_lens):
+            pad_index.extend(range(row * max_query_len, row * max_query_len + query_len))
+        positions_t = self._to_device(positions)
+        block_tables = self._block_tables(seqs)
+        seq_of_token = torch.repeat_interleave(
+            torch.arange(batch, device=self.device), self._to_device(query_lens)
+        )
+        slot_mapping = block_tables[seq_of_token, positions_t // self.block_size] * self.block_size + (
+            positions_t % self.block_size
+        )
+        reads_pool = any(start > 0 for start in starts)
+        attn_mask = None
+        if reads_pool:
+            key_positions = torch.arange(block_tables.shape[1] * self.block_size, device=self.device)
+            query_positions = self._to_device(starts).unsqueeze(1) + torch.arange(max_query_len, device=self.device)
+            attn_mask = (key_positions.view(1, 1, -1) <= query_positions.unsqueeze(2)).unsqueeze(1)
+        meta = AttentionMetadata(
+            is_prefill=True,
+            slot_mapping=slot_mapping,
+            num_seqs=batch,
+            max_query_len=max_query_len,
+            pad_index=self._to_device(pad_index) if batch > 1 or reads_pool else None,
+            block_tables=block_tables if reads_pool else None,
+            attn_mask=attn_mask,
+        )
+        last_index = torch.cumsum(self._to_device(query_lens), 0) - 1
+        return self._to_device(input_ids), positions_t, meta, last_index
+
+    def prepare_decode(self, seqs: list[Sequence]) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
+        input_ids = self._to_device([seq.token_ids[-1] for seq in seqs])
+        context_lens = self._to_device([len(seq.token_ids) for seq in seqs])
+        positions = context_lens - 1
+        block_tables = self._block_tables(seqs)
+        rows = torch.arange(len(seqs), device=self.device)
+        slot_mapping = block_tables[rows, positions // self.block_size] * self.block_size + positions % self.block_size
+        key_positions = torch.arange(block_tables.shape[1] * self.block_size, device=self.device)
+        attn_mask = (key_positions.unsqueeze(0) < context_lens.unsqueeze(1)).view(len(seqs), 1, 1, -1)
+        meta = AttentionMetadata(
+            is_prefill=False,
+            slot_mapping=slot_mapping,
+            num_seqs=len(seqs),
+            block_tables=block_tables,
+            attn_mask=attn_mask,
+        )
+        return input_ids, positions, meta
+
+    @torch.inference_mode()
+    def compute_logits(self, seqs: list[Sequence], is_prefill: bool) -> torch.Tensor:
+        """Next-token logits [len(seqs), vocab] (float32) after this step's tokens; writes their K/V."""
+        if is_prefill:
+            input_ids, positions, meta, last_index = self.prepare_prefill(seqs)
+            hidden = self.forward(input_ids, positions, self.kv_cache, meta)
+            hidden = hidden.index_select(0, last_index)
+        else:
+            input_ids, positions, meta = self.prepare_decode(seqs)
+            hidden = self.forward(input_ids, positions, self.kv_cache, meta)
+        logits: torch.Tensor = self.model.compute_logits(hidden)  # type: ignore[operator]
+        return logits.float()
+
+    @torch.inference_mode()
+    def run(self, seqs: list[Sequence], is_prefill: bool) -> list[int]:
+        """One step: compute and sample; returns one token id per sequence (ignored for a partial chunk)."""
+        logits = self.compute_logits(seqs, is_prefill)
+        return sample_tokens(logits, [seq.params for seq in seqs], [seq.generator for seq in seqs])

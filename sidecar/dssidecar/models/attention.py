@@ -1,0 +1,117 @@
+"""Paged attention over the engine's KV pool, in plain PyTorch (SDPA does the math).
+
+The KV pool is one tensor [num_layers, 2, num_blocks, block_size, num_kv_heads, head_dim]. Each step
+the model runner builds one `AttentionMetadata` (shared by every layer) that says where this step's
+new keys/values go (`slot_mapping`, a flat index block_id * block_size + offset) and, when attention
+must read earlier tokens from the pool, which blocks each sequence owns (`block_tables`).
+
+Three shapes of step:
+- prefill of fresh prompts: tokens of several sequences are packed [T, ...] for the linear layers and
+  scattered into a padded [B, L] batch only for SDPA with a causal mask (padding rows are dropped);
+  a single sequence skips the padding.
+- prefill with context (prefix-cache hit, chunked prompt): keys come from the pool by block table and
+  the mask is "key position <= query position".
+- decode: one query per sequence; keys gathered from the pool by block table, masked by length. The
+  GQA query heads that share a KV head are folded into SDPA's query-length axis, so no K/V repeat.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class AttentionMetadata:
+    is_prefill: bool
+    slot_mapping: torch.Tensor  # [T] int64 flat slot for each new token
+    num_seqs: int
+    # prefill only
+    max_query_len: int = 0
+    pad_index: torch.Tensor | None = None  # [T] index into the padded [B * max_query_len] batch
+    # prefill with context, and decode
+    block_tables: torch.Tensor | None = None  # [B, max_blocks] int64 (padding points at block 0)
+    attn_mask: torch.Tensor | None = None  # bool, True = may attend; [B, 1, Lq, Lk]
+
+    @property
+    def reads_pool(self) -> bool:
+        return self.block_tables is not None
+
+
+def write_kv(kv_layer: torch.Tensor, slot_mapping: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    """Store this step's keys/values [T, kv_heads, head_dim] into their slots of one layer's pool."""
+    num_blocks, block_size, num_kv_heads, head_dim = kv_layer.shape[1:]
+    flat = kv_layer.view(2, num_blocks * block_size, num_kv_heads, head_dim)
+    flat[0].index_copy_(0, slot_mapping, k)
+    flat[1].index_copy_(0, slot_mapping, v)
+
+
+def gather_kv(kv_layer: torch.Tensor, block_tables: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keys and values of each sequence's blocks as [B, kv_heads, max_blocks * block_size, head_dim]."""
+    _two, _num_blocks, block_size, num_kv_heads, head_dim = kv_layer.shape
+    batch, max_blocks = block_tables.shape
+    gathered = kv_layer[:, block_tables]  # [2, B, max_blocks, block_size, kv_heads, head_dim]
+    gathered = gathered.view(2, batch, max_blocks * block_size, num_kv_heads, head_dim).transpose(2, 3)
+    return gathered[0], gathered[1]
+
+
+def paged_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    kv_layer: torch.Tensor,
+    meta: AttentionMetadata,
+    scale: float,
+) -> torch.Tensor:
+    """q [T, heads, head_dim], k/v [T, kv_heads, head_dim] -> attention output [T, heads * head_dim]."""
+    num_tokens, num_heads, head_dim = q.shape
+    num_kv_heads = k.shape[1]
+    group = num_heads // num_kv_heads
+    write_kv(kv_layer, meta.slot_mapping, k, v)
+
+    if not meta.is_prefill:
+        # decode: fold the heads sharing a KV head into the query axis: [B, kv_heads, group, head_dim]
+        keys, values = gather_kv(kv_layer, meta.block_tables)  # type: ignore[arg-type]
+        q4 = q.view(num_tokens, num_kv_heads, group, head_dim)
+        out = F.scaled_dot_product_attention(q4, keys, values, attn_mask=meta.attn_mask, scale=scale)
+        return out.reshape(num_tokens, num_heads * head_dim)
+
+    batch, max_len = meta.num_seqs, meta.max_query_len
+    if batch == 1 and not meta.reads_pool:
+        out = F.scaled_dot_product_attention(
+            q.transpose(0, 1).unsqueeze(0),
+            k.transpose(0, 1).unsqueeze(0),
+            v.transpose(0, 1).unsqueeze(0),
+            is_causal=True,
+            scale=scale,
+            enable_gqa=group > 1,
+        )
+        return out[0].transpose(0, 1).reshape(num_tokens, num_heads * head_dim)
+
+    pad_index = meta.pad_index
+    assert pad_index is not None
+    q_pad = q.new_zeros(batch * max_len, num_heads, head_dim)
+    q_pad.index_copy_(0, pad_index, q)
+    q_pad = q_pad.view(batch, max_len, num_heads, head_dim).transpose(1, 2)
+    if meta.reads_pool:
+        keys, values = gather_kv(kv_layer, meta.block_tables)  # type: ignore[arg-type]
+        out = F.scaled_dot_product_attention(
+            q_pad, keys, values, attn_mask=meta.attn_mask, scale=scale, enable_gqa=group > 1
+        )
+    else:
+        k_pad = k.new_zeros(batch * max_len, num_kv_heads, head_dim)
+        v_pad = v.new_zeros(batch * max_len, num_kv_heads, head_dim)
+        k_pad.index_copy_(0, pad_index, k)
+        v_pad.index_copy_(0, pad_index, v)
+        out = F.scaled_dot_product_attention(
+            q_pad,
+            k_pad.view(batch, max_len, num_kv_heads, head_dim).transpose(1, 2),
+            v_pad.view(batch, max_len, num_kv_heads, head_dim).transpose(1, 2),
+            is_causal=True,
+            scale=scale,
+            enable_gqa=group > 1,
+        )
+    out = out.transpose(1, 2).reshape(batch * max_len, num_heads * head_dim)
+    return out.index_select(0, pad_index)
