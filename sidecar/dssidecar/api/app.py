@@ -88,7 +88,7 @@ def build_app(
     later with `set_knob_values(app, fn)`.
     """
     served_name = model_name or engine.model_name
-    metrics_ = ServerMetrics(served_name, engine.stats, knob_values=knob_values)
+    metrics_ = ServerMetrics(served_name, lambda: engine.stats(), knob_values=knob_values)
     state = ServingState(
         engine=engine,
         model_name=served_name,

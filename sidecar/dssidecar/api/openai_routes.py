@@ -87,7 +87,9 @@ def _completion_prompt_ids(state: ServingState, body: CompletionRequest) -> list
     if isinstance(prompt, str):
         ids = list(state.engine.tokenizer.encode(prompt))
     else:
-        ids = [int(token) for token in prompt]
+        if not all(isinstance(token, int) for token in prompt):
+            raise bad_request("prompt must be a string, a list of token ids, or a list with one of those", param="prompt")
+        ids = [int(token) for token in prompt if isinstance(token, int)]
         vocab_size = getattr(state.engine.tokenizer, "vocab_size", None)
         if isinstance(vocab_size, int):
             bad = [t for t in ids if t < 0 or t >= vocab_size]
