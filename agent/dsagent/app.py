@@ -26,7 +26,7 @@ from typing import Any
 from dsagent import __version__
 from dsagent.api import ApiServer, build_api
 from dsagent.config import AgentConfig
-from dsagent.samples import RequestRecord, Sample
+from dsagent.samples import RequestRecord, Sample, make_labels
 from dsagent.scheduler import AgentScheduler
 from dsagent.slo import RequestStats
 from dsagent.sources.base import Source, SourceError
@@ -36,6 +36,8 @@ from dsagent.supervisor import EngineSupervisor
 log = logging.getLogger("dsagent")
 
 RECENT_REQUEST_IDS = 20_000
+# pipeline.stats() fields that are levels, not cumulative counts
+EXPORT_GAUGES = {"spool_depth_documents", "spool_bytes"}
 
 
 class _SourceHealth:
@@ -132,7 +134,7 @@ class Agent:
                 log.exception("closing source %s failed", getattr(source, "name", source))
         if self.pipeline is not None:
             try:
-                self.collect_once()  # the last engine state and counters
+                self.collect_once(include_sources=False)  # the last engine state and counters
             except Exception:
                 log.exception("final collection failed")
             flushed = self.pipeline.force_flush(timeout_seconds=10)
@@ -165,10 +167,10 @@ class Agent:
 
     # ---- jobs ----------------------------------------------------------------------------------------
 
-    def collect_once(self) -> list[Sample]:
+    def collect_once(self, include_sources: bool = True) -> list[Sample]:
         """One collection tick: every source once, plus supervisor, SLO and pipeline self-metrics."""
         samples: list[Sample] = []
-        for source in self.sources:
+        for source in self.sources if include_sources else ():
             try:
                 samples += source.collect()
                 self._health.ok(source.name)
@@ -195,9 +197,9 @@ class Agent:
             hook(now)
 
     def export_once(self) -> None:
-        """Periodic flush of the meters into the spool (the drainers ship from there on their own)."""
+        """Collect the meters into the spools now (never waits for a destination: drainers ship on their own)."""
         if self.pipeline is not None:
-            self.pipeline.force_flush(timeout_seconds=max(1.0, self.config.intervals.export_seconds / 2))
+            self.pipeline.collect_metrics(timeout_seconds=max(1.0, self.config.intervals.export_seconds / 2))
 
     def on_request_records(self, records: list[RequestRecord]) -> None:
         """OTLP receiver callback: the same request may come as a log and as a span; keep it once."""
@@ -238,9 +240,13 @@ class Agent:
         for key, value in sorted(stats.items()):
             if isinstance(value, bool) or not isinstance(value, int | float):
                 continue
-            name = "dsagent_export_" + "".join(ch if ch.isalnum() else "_" for ch in key.lower())
-            kind = "counter" if name.endswith("_total") else "gauge"
-            samples.append(Sample(name, (), float(value), now_seconds, kind))
+            destination, _, field = key.rpartition(".")
+            field = "".join(ch if ch.isalnum() else "_" for ch in field.lower())
+            labels = make_labels({"destination": destination} if destination else {"destination": "all"})
+            if field in EXPORT_GAUGES:
+                samples.append(Sample(f"dsagent_export_{field}", labels, float(value), now_seconds, "gauge"))
+            else:  # cumulative counts (sent, dropped, dead-lettered, retries, failed exports)
+                samples.append(Sample(f"dsagent_export_{field}_total", labels, float(value), now_seconds, "counter"))
         return samples
 
     def _resource_attributes(self) -> dict[str, str]:
@@ -313,7 +319,7 @@ class Agent:
 
     def _gpu_status(self) -> dict[str, Any]:
         gpus: dict[str, dict[str, Any]] = {}
-        for name, key in GPU_STATUS_METRICS.items():
+        for key, name in GPU_STATUS_METRICS.items():
             for sample in self.store.latest(name):
                 index = sample.label("gpu_index") or sample.label("gpu", "?")
                 entry = gpus.setdefault(index, {"index": index, "uuid": sample.label("gpu_uuid"),
@@ -322,10 +328,11 @@ class Agent:
         if gpus:
             return {"devices": [gpus[k] for k in sorted(gpus, key=lambda i: (len(i), i))], "none_reason": None}
         backend = self.config.sources.gpu.backend
-        reason = self._health.errors.get("gpu")
+        reason = None
         for source in self.sources:
-            if getattr(source, "name", "") == "gpu":
-                reason = getattr(source, "unavailable_reason", None) or reason
+            name = getattr(source, "name", "")
+            if name.startswith("gpu"):
+                reason = getattr(source, "unavailable_reason", None) or self._health.errors.get(name) or reason
         if backend == "off":
             reason = "GPU source off (sources.gpu.backend: off)"
         return {"devices": [], "none_reason": reason or f"no GPU samples (sources.gpu.backend: {backend})"}

@@ -20,6 +20,9 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 log = logging.getLogger(__name__)
+# APScheduler warns on every skipped/missed run; the agent counts those (JobCounters) and logs them itself.
+logging.getLogger("apscheduler.scheduler").setLevel(logging.ERROR)
+logging.getLogger("apscheduler.executors.default").setLevel(logging.ERROR)
 
 
 @dataclass
@@ -58,8 +61,10 @@ class AgentScheduler:
                 log.error("job %s failed: %r\n%s", event.job_id, event.exception, event.traceback or "")
             elif event.code == EVENT_JOB_MISSED:
                 bucket = self.counters.missed
+                log.debug("job %s missed its run time; coalesced", event.job_id)
             else:
                 bucket = self.counters.skipped_still_running
+                log.debug("job %s still running; this run skipped", event.job_id)
             bucket[event.job_id] = bucket.get(event.job_id, 0) + 1
 
     def add_interval_job(self, name: str, func: Callable[[], object], interval_seconds: float,
