@@ -107,6 +107,8 @@ def _kind(family_type: str, name: str, suffix: str) -> str:
 
 
 def _unit(name: str) -> str:
+    if name.endswith(("_bucket", "_count")):
+        return ""  # observation counts; only _sum carries the histogram's unit
     meta = metadata_for(name)
     return meta.unit if meta is not None else ""
 
