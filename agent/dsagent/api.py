@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import socket
 import threading
 import time
 from collections import defaultdict
@@ -132,13 +133,15 @@ def build_api(
 
 
 class ApiServer:
-    """uvicorn in a background thread; `start()` returns once the socket is bound (port 0 = any free)."""
+    """uvicorn in a background thread on a socket bound here, so a busy port fails in the caller
+    with a clear message and port 0 means any free port (read `.port` after `start()`)."""
 
     def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> None:
-        self._config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                                      lifespan="off", timeout_graceful_shutdown=2)
+        self._config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
+                                      timeout_graceful_shutdown=2)
         self._server = uvicorn.Server(self._config)
         self._thread: threading.Thread | None = None
+        self._socket: socket.socket | None = None
         self.host = host
         self.port = port
 
@@ -147,24 +150,30 @@ class ApiServer:
         return f"http://{self.host}:{self.port}"
 
     def start(self, timeout_seconds: float = 10.0) -> None:
-        self._thread = threading.Thread(target=self._server.run, name="agent-api", daemon=True)
+        sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.host, self.port))
+        except OSError as exc:
+            sock.close()
+            raise OSError(f"agent API could not listen on {self.host}:{self.port}: {exc.strerror or exc} "
+                          "(set server.port / DSAGENT_SERVER__PORT / --api-port to a free port)") from exc
+        self._socket = sock
+        self.port = int(sock.getsockname()[1])
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]}, name="agent-api",
+                                        daemon=True)
         self._thread.start()
         deadline = time.monotonic() + timeout_seconds
         while not self._server.started:
-            if not self._thread.is_alive():
-                raise OSError(f"agent API could not listen on {self.host}:{self._config.port} "
-                              "(port in use? set server.port or DSAGENT_SERVER__PORT)")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"agent API did not start on {self.host}:{self._config.port} "
-                                   f"within {timeout_seconds:g} s")
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise TimeoutError(f"agent API did not start on {self.url} within {timeout_seconds:g} s")
             time.sleep(0.02)
-        for server in self._server.servers:
-            for sock in server.sockets:
-                self.port = int(sock.getsockname()[1])
-                return
 
     def stop(self, timeout_seconds: float = 5.0) -> None:
         self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout_seconds)
             self._thread = None
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None
