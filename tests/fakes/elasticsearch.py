@@ -62,6 +62,7 @@ class FakeElasticsearch:
         self.indices: dict[str, _Index] = {}
         self.faults = Faults()
         self.requests_seen: dict[str, int] = {}
+        self.last_headers: dict[str, str] = {}
         self._item_counter = itertools.count()
         self._server = ThreadingHTTPServer(("127.0.0.1", port), _handler_for(self))
         self._server.daemon_threads = True
@@ -477,6 +478,7 @@ def _handler_for(cluster: FakeElasticsearch) -> type[BaseHTTPRequestHandler]:
                 if path.startswith("/_fake/"):
                     self._control(method, path, raw)
                     return
+                cluster.last_headers = {key.lower(): value for key, value in self.headers.items()}
                 faults = cluster.note_request(path)
                 if faults is not None:
                     if faults.delay_seconds > 0:

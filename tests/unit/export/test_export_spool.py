@@ -1,0 +1,127 @@
+"""The spool keeps order, survives reopening and SIGKILL, and drops only the oldest metrics past its quota."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from dsagent.export.spool import ACTION, METRIC, REQUEST, ROW_OVERHEAD_BYTES, Spool, SpoolRecord
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+
+def record(kind: str, number: int, payload_bytes: int = 10) -> SpoolRecord:
+    return SpoolRecord(kind, "stream", f"id-{number}", b"x" * payload_bytes)
+
+
+def test_peek_returns_documents_in_append_order_and_ack_removes_them(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.sqlite3", max_bytes=10**9)
+    spool.append([record(METRIC, i) for i in range(5)])
+    spool.append([record(REQUEST, i) for i in range(5, 8)])
+    entries = spool.peek(100)
+    assert [entry.doc_id for entry in entries] == [f"id-{i}" for i in range(8)]
+    assert spool.ack([entries[0].seq, entries[2].seq]) == 2
+    assert [entry.doc_id for entry in spool.peek(3)] == ["id-1", "id-3", "id-4"]
+    assert spool.depth_documents == 6
+
+
+def test_ack_of_unknown_sequence_numbers_changes_nothing(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.sqlite3", max_bytes=10**9)
+    spool.append([record(METRIC, 1)])
+    assert spool.ack([999]) == 0
+    assert spool.depth_documents == 1
+
+
+def test_documents_survive_closing_and_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite3"
+    spool = Spool(path, max_bytes=10**9)
+    spool.append([record(ACTION, i) for i in range(3)])
+    size = spool.size_bytes
+    spool.close()
+    reopened = Spool(path, max_bytes=10**9)
+    assert [entry.doc_id for entry in reopened.peek(10)] == ["id-0", "id-1", "id-2"]
+    assert reopened.size_bytes == size
+    assert reopened.depth_documents == 3
+
+
+def test_quota_drops_oldest_metrics_and_counts_them(tmp_path: Path) -> None:
+    row_bytes = 100 + len("stream") + len("id-00") + ROW_OVERHEAD_BYTES
+    spool = Spool(tmp_path / "s.sqlite3", max_bytes=row_bytes * 5)
+    spool.append([SpoolRecord(METRIC, "stream", f"id-{i:02d}", b"m" * 100) for i in range(5)])
+    spool.append([SpoolRecord(REQUEST, "stream", f"id-{i:02d}", b"r" * 100) for i in range(5, 8)])
+    ids = [entry.doc_id for entry in spool.peek(100)]
+    assert ids == ["id-03", "id-04", "id-05", "id-06", "id-07"]
+    assert spool.dropped_metric_documents == 3
+    assert spool.size_bytes <= spool.max_bytes
+
+
+def test_quota_never_drops_requests_or_actions_even_when_over(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.sqlite3", max_bytes=200)
+    spool.append([record(REQUEST, i, 100) for i in range(4)])
+    spool.append([record(ACTION, i, 100) for i in range(4, 6)])
+    assert spool.depth_documents == 6
+    assert spool.dropped_metric_documents == 0
+    assert spool.over_quota_appends >= 1
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([METRIC, REQUEST, ACTION]), st.integers(1, 300)), min_size=1, max_size=40),
+       st.integers(300, 3000))
+def test_quota_invariants_hold_for_any_append_sequence(
+    tmp_path_factory: pytest.TempPathFactory, appends: list[tuple[str, int]], max_bytes: int
+) -> None:
+    spool = Spool(tmp_path_factory.mktemp("spool") / "s.sqlite3", max_bytes=max_bytes)
+    for number, (kind, size) in enumerate(appends):
+        spool.append([SpoolRecord(kind, "s", f"{number:04d}", b"p" * size)])
+    kept = spool.peek(1000)
+    kept_ids = [entry.doc_id for entry in kept]
+    never_droppable = [f"{n:04d}" for n, (kind, _) in enumerate(appends) if kind != METRIC]
+    assert set(never_droppable) <= set(kept_ids)  # requests and actions are never dropped
+    assert kept_ids == sorted(kept_ids)  # order kept
+    metrics_total = sum(1 for kind, _ in appends if kind == METRIC)
+    assert spool.dropped_metric_documents == metrics_total - sum(1 for e in kept if e.kind == METRIC)
+    # dropped metrics are always the oldest ones
+    kept_metric_ids = [e.doc_id for e in kept if e.kind == METRIC]
+    all_metric_ids = [f"{n:04d}" for n, (kind, _) in enumerate(appends) if kind == METRIC]
+    assert kept_metric_ids == all_metric_ids[len(all_metric_ids) - len(kept_metric_ids):]
+    if spool.size_bytes > max_bytes:
+        assert not kept_metric_ids  # only over quota when no metric is left to drop
+    spool.close()
+
+
+def test_committed_documents_survive_sigkill(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite3"
+    script = textwrap.dedent(
+        f"""
+        import os, sys, time
+        from dsagent.export.spool import Spool, SpoolRecord
+        spool = Spool(__import__("pathlib").Path({str(path)!r}), max_bytes=10**9)
+        for i in range(50):
+            spool.append([SpoolRecord("request", "s", f"id-{{i}}", b"x" * 50)])
+        print("appended", flush=True)
+        time.sleep(60)
+        """
+    )
+    worker = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert worker.stdout is not None
+        assert worker.stdout.readline().strip() == "appended"
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait(10)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    reopened = Spool(path, max_bytes=10**9)
+    assert [entry.doc_id for entry in reopened.peek(100)] == [f"id-{i}" for i in range(50)]
+
+
+def test_unknown_kind_is_rejected_with_the_valid_ones(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.sqlite3", max_bytes=1000)
+    with pytest.raises(ValueError, match="'trace'.*metric"):
+        spool.append([SpoolRecord("trace", "s", "1", b"x")])
