@@ -71,6 +71,58 @@ def check_precision_command(
         raise typer.Exit(1)
 
 
+@app.command("serve")
+def serve_command(
+    model: Path = typer.Option(None, "--model", help="Checkpoint directory. Env: DSSIDECAR_MODEL."),
+    host: str = typer.Option(None, "--host", help="Interface to bind (default 127.0.0.1). Env: DSSIDECAR_HOST."),
+    port: int = typer.Option(None, "--port", help="TCP port (default 8000). Env: DSSIDECAR_PORT."),
+    served_model_name: str = typer.Option(
+        None, "--served-model-name", help="Name clients send as `model` (default: the directory name). Env: DSSIDECAR_SERVED_MODEL_NAME."
+    ),
+    max_batch_size: int = typer.Option(None, "--max-batch-size", help="Env: DSSIDECAR_MAX_BATCH_SIZE."),
+    max_num_batched_tokens: int = typer.Option(None, "--max-num-batched-tokens", help="Env: DSSIDECAR_MAX_NUM_BATCHED_TOKENS."),
+    kv_cache_blocks: int = typer.Option(None, "--kv-cache-blocks", help="KV pool size in blocks (default: auto). Env: DSSIDECAR_KV_CACHE_BLOCKS."),
+    block_size: int = typer.Option(None, "--block-size", help="Tokens per KV block. Env: DSSIDECAR_BLOCK_SIZE."),
+    max_waiting_requests: int = typer.Option(None, "--max-waiting-requests", help="Queue length before 429. Env: DSSIDECAR_MAX_WAITING_REQUESTS."),
+    max_model_len: int = typer.Option(None, "--max-model-len", help="Context length cap. Env: DSSIDECAR_MAX_MODEL_LEN."),
+    precision: str = typer.Option(None, "--precision", help="fp32, bf16, fp16, int8 or fp8. Env: DSSIDECAR_PRECISION."),
+    backend: str = typer.Option(None, "--backend", help="eager, torch.compile or tensorrt. Env: DSSIDECAR_BACKEND."),
+    device: str = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N. Env: DSSIDECAR_DEVICE."),
+    num_threads: int = typer.Option(None, "--num-threads", help="CPU threads for torch. Env: DSSIDECAR_NUM_THREADS."),
+    otlp_endpoint: str = typer.Option(
+        None, "--otlp-endpoint", help="OTLP/HTTP base URL for request logs and spans (off by default). Env: DSSIDECAR_OTLP_ENDPOINT."
+    ),
+    shutdown_grace_seconds: float = typer.Option(
+        None, "--shutdown-grace-seconds", help="SIGTERM: time in-flight requests may take (default 30). Env: DSSIDECAR_SHUTDOWN_GRACE_SECONDS."
+    ),
+    control_token_file: Path = typer.Option(
+        None, "--control-token-file", help="File with the /control bearer token. Env: DSSIDECAR_CONTROL_TOKEN_FILE."
+    ),
+    log_level: str = typer.Option(None, "--log-level", help="debug, info, warning, error. Env: DSSIDECAR_LOG_LEVEL."),
+) -> None:
+    """Serve a checkpoint over the OpenAI API (/v1/completions, /v1/chat/completions) with /metrics and /readyz."""
+    from pydantic import ValidationError
+
+    from dssidecar.api.server import ModelLoadError, serve
+    from dssidecar.config import ServerConfig
+
+    flags = {name: value for name, value in locals().items() if name not in ("ValidationError", "ModelLoadError", "serve", "ServerConfig")}
+    given = {name: value for name, value in flags.items() if value is not None}
+    try:
+        config = ServerConfig(**given)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first.get("loc", ())) or "settings"
+        typer.echo(f"dssidecar serve: --{where.replace('_', '-')}: {first.get('msg')}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        status = serve(config)
+    except ModelLoadError as exc:
+        typer.echo(f"dssidecar serve: {exc}", err=True)
+        raise typer.Exit(2) from None
+    raise typer.Exit(status)
+
+
 def main() -> None:
     app()
 

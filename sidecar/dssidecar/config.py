@@ -58,6 +58,8 @@ class ServerConfig(BaseSettings):
     max_waiting_requests: int | None = Field(None, ge=1, description="Queue length beyond which requests get 429.")
     max_model_len: int | None = Field(None, ge=1, description="Context length cap (default: the model's).")
     precision: PrecisionName | None = Field(None, description="Weight/compute precision.")
+    backend: str | None = Field(None, description="Model runner backend: eager, torch.compile or tensorrt.")
+    num_threads: int | None = Field(None, ge=1, description="CPU threads for torch (default: every usable core).")
     device: str | None = Field(None, description="auto, cpu, cuda or cuda:N.")
     enable_prefix_caching: bool | None = Field(None, description="Reuse KV blocks of identical prompt prefixes.")
 
@@ -99,8 +101,13 @@ class ServerConfig(BaseSettings):
             "precision",
             "device",
             "enable_prefix_caching",
+            "backend",
+            "num_threads",
         )
-        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+        settings = {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+        if self.served_model_name:
+            settings["model_name"] = self.served_model_name
+        return settings
 
     def resolved_control_token(self) -> str | None:
         """The /control token from control_token, else the first line of control_token_file."""

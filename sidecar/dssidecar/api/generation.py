@@ -24,6 +24,7 @@ from dssidecar.api.metrics import ServerMetrics
 from dssidecar.api.request_telemetry import RequestRecord, RequestTelemetry
 from dssidecar.engine.protocol import (
     EngineClient,
+    EngineError,
     EngineStoppedError,
     QueueFullError,
     RequestOutput,
@@ -123,6 +124,13 @@ class GenerationJob:
         except EngineStoppedError as error:
             api_error = unavailable(f"the engine admits no new requests: {error}")
             await self._refused(api_error, "draining")
+            raise api_error from error
+        except EngineError as error:  # InvalidRequestError and any other refusal the engine names
+            status = 500 if type(error).__name__ == "EngineStepError" else 400
+            api_error = APIError(
+                status, str(error), error_type="server_error" if status == 500 else "invalid_request_error"
+            )
+            await self._refused(api_error, "engine_error" if status == 500 else "invalid")
             raise api_error from error
         except StopAsyncIteration:
             api_error = APIError(500, "the engine ended the request without output", error_type="server_error")

@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from dssidecar.api.errors import APIError, bad_request, unavailable
+from dssidecar.api.errors import APIError, bad_request, error_body, unavailable
 from dssidecar.api.generation import ClientGone, GenerationJob, ServingState, cancel_on_disconnect
 from dssidecar.api.openai_models import (
     ChatCompletionRequest,
@@ -31,7 +31,7 @@ from dssidecar.api.openai_models import (
     SamplingFields,
 )
 from dssidecar.api.request_telemetry import RequestRecord
-from dssidecar.engine.protocol import RequestOutput, SamplingParams
+from dssidecar.engine.protocol import EngineError, RequestOutput, SamplingParams
 
 router = APIRouter()
 
@@ -255,6 +255,10 @@ async def _event_stream(job: GenerationJob, first: RequestOutput, chunker: _Chun
         if chunker.include_usage:
             yield sse_event(chunker.usage())
         yield SSE_DONE
+    except EngineError as error:  # the engine failed this request mid-stream: tell the client in-band
+        status_code, error_type = 500, type(error).__name__
+        yield sse_event(error_body(f"the engine failed this request: {error}", "server_error"))
+        yield SSE_DONE
     except GeneratorExit:
         error_type = "client_disconnected"
         raise
@@ -291,6 +295,9 @@ async def _run(request: Request, job: GenerationJob, kind: str, include_usage: b
     except ClientGone:
         await job.close(status_code=499, error_type="client_disconnected")
         return Response(status_code=499)
+    except EngineError as error:
+        await job.close(status_code=500, error_type=type(error).__name__)
+        raise APIError(500, f"the engine failed this request: {error}", error_type="server_error") from error
     except BaseException as error:
         await job.close(status_code=500, error_type=type(error).__name__)
         raise
