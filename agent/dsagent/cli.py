@@ -82,6 +82,8 @@ def run(
                                                api_port, log_level))
     logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
+    for chatty in ("httpx", "httpcore", "uvicorn.access"):  # one line per scrape/probe every second
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
     from dsagent.app import Agent
 
     agent = Agent(config, config_file=config_file)

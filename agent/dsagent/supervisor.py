@@ -107,7 +107,7 @@ class EngineSupervisor:
         self.consecutive_failures = 0
         self.last_exit_code: int | None = None
         self.ready_since_seconds: float | None = None
-        self.model_path: Path | None = engine.model
+        self.model_path: Path | None = engine.model.expanduser().resolve() if engine.model else None
 
     # ---- public --------------------------------------------------------------------------------------
 
