@@ -76,6 +76,8 @@ def families_to_samples(
     samples: list[Sample] = []
     seen: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
     for family in families:
+        if family.name.endswith("_created") and family.name[: -len("_created")] in present:
+            continue  # prometheus_client's creation timestamps of counters/histograms: not telemetry
         preferred = _FALLBACK_FAMILIES.get(family.name)
         if preferred is not None and preferred in present:
             continue

@@ -76,7 +76,8 @@ HOST_METRICS: tuple[MetricMetadata, ...] = (
     _m("dsagent_agent_resident_memory_bytes", "gauge", "bytes", "Resident set size of the agent process itself."),
 )
 
-_ENGINE_LATENCY = ("model_name",)
+# Engine series keep every label the engine sent; these are the ones vLLM and the sidecar use.
+_ENGINE_LATENCY = ("model_name", "engine")
 
 ENGINE_METRICS: tuple[MetricMetadata, ...] = (
     _m("dsagent_engine_up", "gauge", "", "1 when the last scrape of the engine's /metrics succeeded, else 0."),

@@ -195,6 +195,12 @@ class RequestDeduper:
                 kept.append(record)
         return kept
 
+    def forget(self, records: list[RequestRecord]) -> None:
+        """Un-see these ids (their delivery failed; the exporter's retry must get through)."""
+        with self._lock:
+            for record in records:
+                self._seen.pop(record.request_id, None)
+
 
 def _media_type(header: str) -> str:
     return header.split(";", 1)[0].strip().lower()
@@ -249,6 +255,7 @@ def build_otlp_router(
                 on_records(records)
             except Exception:
                 log.exception("the OTLP receiver's consumer failed on %d request records", len(records))
+                seen.forget(records)
                 return _status_response(503, "the agent could not store the records; retry", content_type)
         return Response(_encode(response, content_type), status_code=200, media_type=content_type)
 

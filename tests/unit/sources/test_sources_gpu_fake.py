@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from dsagent.samples import Sample
 from dsagent.sources.base import SourceError
 from dsagent.sources.gpu import GpuSource

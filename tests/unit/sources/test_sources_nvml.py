@@ -7,7 +7,6 @@ from types import SimpleNamespace
 
 import pytest
 from conftest import ScriptedNvml, full_h100_values
-
 from dsagent.sources.gpu import GpuSource
 from dsagent.sources.gpu_backend import GpuUnavailable
 from dsagent.sources.nvml_backend import NA, NvmlBackend, nvml_error
@@ -184,7 +183,6 @@ def test_close_is_idempotent_and_shuts_nvml_down_once() -> None:
 
 def test_gpu_failure_mid_run_is_a_source_error() -> None:
     import pynvml
-
     from dsagent.sources.base import SourceError
 
     values = full_h100_values()
