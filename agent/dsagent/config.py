@@ -46,6 +46,23 @@ SECRET_KEY_PATTERN = re.compile(r"(api_?key|password|passwd|secret|token|authori
 MASK = "***"
 
 
+class _Yaml12BoolLoader(yaml.SafeLoader):
+    """SafeLoader where only true/false are booleans (YAML 1.2): `backend: off` stays the string 'off'."""
+
+
+_Yaml12BoolLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12BoolLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Yaml12BoolLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 class ConfigError(ValueError):
     """A configuration value is wrong; the message names the source (file/env/flag), the key and the fix."""
 
@@ -252,8 +269,8 @@ def read_config_file(path: Path) -> _Layer:
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config file: {exc.strerror or exc}") from exc
     try:
-        values = yaml.safe_load(text)
-        root = yaml.compose(text)
+        values = _load_yaml(text)
+        root = yaml.compose(text, Loader=_Yaml12BoolLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
@@ -269,7 +286,7 @@ def read_config_file(path: Path) -> _Layer:
 
 def _parse_env_value(raw: str) -> Any:
     try:
-        return yaml.safe_load(raw) if raw.strip() else raw
+        return _load_yaml(raw) if raw.strip() else raw
     except yaml.YAMLError:
         return raw
 

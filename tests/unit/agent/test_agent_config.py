@@ -136,3 +136,11 @@ def test_config_show_masks_api_keys_passwords_and_url_credentials(tmp_path: Path
 def test_mask_secrets_keeps_absent_secrets_absent() -> None:
     assert mask_secrets({"api_key": None, "token": "x", "nested": [{"password": "p"}]}) == {
         "api_key": None, "token": "***", "nested": [{"password": "***"}]}
+
+
+def test_off_and_on_stay_strings_only_true_false_are_booleans(tmp_path: Path) -> None:
+    path = write(tmp_path, "sources:\n  gpu:\n    backend: off\n  host:\n    enabled: false\n")
+    config = load_config(path, environ={"DSAGENT_SOURCES__ENGINE__ENABLED": "False"})
+    assert config.sources.gpu.backend == "off"
+    assert config.sources.host.enabled is False and config.sources.engine.enabled is False
+    assert load_config(None, environ={"DSAGENT_SOURCES__GPU__BACKEND": "off"}).sources.gpu.backend == "off"
