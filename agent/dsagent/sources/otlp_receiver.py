@@ -298,6 +298,7 @@ class OtlpReceiverServer:
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             self._socket.bind((host, port))
+            self._socket.listen(128)  # claim the port now, so a second receiver fails here, not later
         except OSError as error:
             self._socket.close()
             raise OSError(f"OTLP receiver cannot listen on {host}:{port}: {error}; pick a free port") from error
