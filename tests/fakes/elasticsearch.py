@@ -30,6 +30,9 @@ from urllib.parse import parse_qs, urlsplit
 VERSION = "8.17.0"
 _NUMERIC_TYPES = {"long", "integer", "short", "byte", "double", "float", "half_float", "scaled_float"}
 _INTEGER_TYPES = {"long", "integer", "short", "byte"}
+_FLOAT_TYPES = {"double", "float", "half_float", "scaled_float"}
+_decode = json.JSONDecoder().decode
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}(T\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:?\d{2})?)?$")
 
 
 @dataclass
@@ -46,10 +49,10 @@ class Faults:
 
 
 class _Index:
-    def __init__(self, name: str, data_stream: str | None, typed_fields: dict[str, str]) -> None:
+    def __init__(self, name: str, data_stream: str | None, typed_fields: dict[str, Any]) -> None:
         self.name = name
         self.data_stream = data_stream
-        self.typed_fields = typed_fields
+        self.typed_fields = typed_fields  # see _typed_fields
         self.docs: dict[str, bytes] = {}
 
 
@@ -194,7 +197,7 @@ class FakeElasticsearch:
         with self._lock:
             faults = self.faults
             while position < len(lines):
-                action_line = json.loads(lines[position])
+                action_line = _decode(lines[position].decode())
                 position += 1
                 op_type, meta = next(iter(action_line.items()))
                 if op_type == "delete":
@@ -231,7 +234,7 @@ class FakeElasticsearch:
             return result
         result["_index"] = index.name
         try:
-            source = json.loads(source_line)
+            source = _decode(source_line.decode())
         except ValueError as error:
             result.update(_error(400, "document_parsing_exception", f"failed to parse: {error}"))
             return result
@@ -326,20 +329,21 @@ def _fault_type(status: int) -> str:
         status, "mapper_parsing_exception" if status == 400 else "unavailable_shards_exception")
 
 
-def _typed_fields(template: dict[str, Any]) -> dict[str, str]:
-    """Dotted field path -> mapped type, for the explicit numeric/date/boolean fields of a template."""
-    typed: dict[str, str] = {}
+def _typed_fields(template: dict[str, Any]) -> dict[str, Any]:
+    """Tree of the explicit numeric/date/boolean fields of a template: name -> type, or name -> subtree."""
 
-    def walk(properties: dict[str, Any], prefix: str) -> None:
+    def walk(properties: dict[str, Any]) -> dict[str, Any]:
+        tree: dict[str, Any] = {}
         for name, spec in properties.items():
-            path = f"{prefix}{name}"
             if "properties" in spec:
-                walk(spec["properties"], path + ".")
+                subtree = walk(spec["properties"])
+                if subtree:
+                    tree[name] = subtree
             elif spec.get("type") in _NUMERIC_TYPES | {"date", "boolean"}:
-                typed[path] = spec["type"]
+                tree[name] = spec["type"]
+        return tree
 
-    walk(template.get("template", {}).get("mappings", {}).get("properties", {}), "")
-    return typed
+    return walk(template.get("template", {}).get("mappings", {}).get("properties", {}))
 
 
 def _lookup(source: dict[str, Any], path: str) -> Any:
@@ -353,18 +357,28 @@ def _lookup(source: dict[str, Any], path: str) -> Any:
     return node
 
 
-def _check_types(source: dict[str, Any], typed_fields: dict[str, str]) -> str | None:
-    for path, field_type in typed_fields.items():
-        value = _lookup(source, path)
-        if value is None:
+def _check_types(source: dict[str, Any], typed: dict[str, Any], prefix: str = "") -> str | None:
+    """Walks the document's own keys (cheap) and checks those the mapping types explicitly."""
+    for key, value in source.items():
+        spec = typed.get(key)
+        if spec is None or value is None:
             continue
-        for item in value if isinstance(value, list) else [value]:
-            if not _fits(item, field_type):
-                return f"[1:1] failed to parse field [{path}] of type [{field_type}] in document"
+        if isinstance(spec, dict):
+            if isinstance(value, dict):
+                problem = _check_types(value, spec, f"{prefix}{key}.")
+                if problem is not None:
+                    return problem
+            continue
+        for item in value if isinstance(value, list) else (value,):
+            if not _fits(item, spec):
+                return f"[1:1] failed to parse field [{prefix}{key}] of type [{spec}] in document"
     return None
 
 
 def _fits(value: Any, field_type: str) -> bool:
+    value_type = type(value)
+    if value_type is float and field_type in _FLOAT_TYPES:
+        return True
     if field_type in _NUMERIC_TYPES:
         if isinstance(value, bool):
             return False
@@ -383,12 +397,35 @@ def _fits(value: Any, field_type: str) -> bool:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return True
         if isinstance(value, str):
-            try:
-                datetime.fromisoformat(value.replace("Z", "+00:00"))
-                return True
-            except ValueError:
-                return False
+            return _ISO_DATE.match(value) is not None
     return False
+
+
+def apply_filter_path(value: Any, filter_path: str) -> Any:
+    """Elasticsearch's `filter_path` response filtering (comma-separated dotted paths, `*` wildcards)."""
+    paths = [path.strip().split(".") for path in filter_path.split(",") if path.strip()]
+    filtered = _filter(value, paths)
+    return {} if filtered is None else filtered
+
+
+def _filter(value: Any, paths: list[list[str]]) -> Any:
+    if isinstance(value, list):
+        kept = [_filter(item, paths) for item in value]
+        return [item for item in kept if item not in (None, {}, [])]
+    if not isinstance(value, dict):
+        return None
+    result: dict[str, Any] = {}
+    for key, child in value.items():
+        rests = [path[1:] for path in paths if path and fnmatch.fnmatchcase(key, path[0])]
+        if not rests:
+            continue
+        if any(not rest for rest in rests):
+            result[key] = child
+        else:
+            sub = _filter(child, rests)
+            if sub not in (None, {}, []):
+                result[key] = sub
+    return result
 
 
 def _matches(source: dict[str, Any], doc_id: str, query: dict[str, Any]) -> bool:
@@ -512,7 +549,10 @@ def _handler_for(cluster: FakeElasticsearch) -> type[BaseHTTPRequestHandler]:
                 return
             if segments[-1] == "_bulk" and method in ("POST", "PUT"):
                 default_index = segments[0] if len(segments) == 2 else None
-                self._send(200, cluster.bulk(raw, default_index))
+                response = cluster.bulk(raw, default_index)
+                if "filter_path" in params:
+                    response = apply_filter_path(response, params["filter_path"])
+                self._send(200, response)
                 return
             if segments[-1] in ("_search", "_count"):
                 pattern = segments[0] if len(segments) == 2 else "*"
