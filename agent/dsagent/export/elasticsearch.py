@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 
 #: per-item statuses worth retrying; everything else that is not 2xx/409 is dead-lettered.
 RETRY_ITEM_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+#: whole-request statuses that one bad or oversized document can cause: split the batch to find it.
+SPLIT_REQUEST_STATUSES = frozenset({400, 413})
 #: a 404 on an item means the data stream or its template vanished: reinstall templates and retry.
 REINSTALL_ITEM_STATUSES = frozenset({404})
 
@@ -94,6 +96,9 @@ class ElasticsearchDestination(Destination):
         try:
             response = self._client.bulk(operations=self.bulk_body(entries), filter_path=BULK_FILTER_PATH)
         except Exception as error:  # noqa: BLE001 - connection errors, timeouts, 429/5xx: retry the batch
+            status = getattr(getattr(error, "meta", None), "status", None)
+            if status in SPLIT_REQUEST_STATUSES:
+                return self._split_or_dead_letter(entries, f"bulk request refused: {_describe(error)}")
             return SendOutcome.retry_all(entries, f"bulk request failed: {_describe(error)}")
         body = response.body if hasattr(response, "body") else response
         items = body.get("items") or []
@@ -119,6 +124,20 @@ class ElasticsearchDestination(Destination):
             else:
                 outcome.dead.append((entry, f"status {status}: {_item_error(result)}"))
         return outcome
+
+    def _split_or_dead_letter(self, entries: Sequence[SpoolEntry], reason: str) -> SendOutcome:
+        """A whole request refused as too large (413) or unparsable (400): halve it to isolate the culprit;
+        a single document refused this way can never succeed and is dead-lettered."""
+        if len(entries) == 1:
+            return SendOutcome(dead=[(entries[0], reason)])
+        half = len(entries) // 2
+        first, second = self.send(entries[:half]), self.send(entries[half:])
+        return SendOutcome(
+            acked=first.acked + second.acked,
+            dead=first.dead + second.dead,
+            retry=first.retry + second.retry,
+            retry_reason=second.retry_reason or first.retry_reason,
+        )
 
     def close(self) -> None:
         try:

@@ -8,6 +8,7 @@ repeated `resource_*` fields, which is exactly one bigger valid request.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,7 +19,7 @@ from opentelemetry.sdk.metrics.export import MetricsData
 
 from dsagent.export.config import OtlpExportConfig
 from dsagent.export.destination import Destination, SendOutcome
-from dsagent.export.documents import Document, deterministic_id
+from dsagent.export.documents import Document
 from dsagent.export.spool import LOG, METRIC, SpoolEntry, SpoolRecord
 
 METRICS_PATH = "/v1/metrics"
@@ -44,13 +45,13 @@ class OtlpDestination(Destination):
         if not documents:
             return []
         payload = encode_metrics(metrics_data).SerializeToString()
-        return [SpoolRecord(METRIC, METRICS_PATH, deterministic_id(METRICS_PATH, payload.hex()), payload)]
+        return [SpoolRecord(METRIC, METRICS_PATH, _payload_id(payload), payload)]
 
     def records_from_logs(self, batch: Sequence[Any], documents: Sequence[Document]) -> list[SpoolRecord]:
         if not batch:
             return []
         payload = encode_logs(batch).SerializeToString()
-        return [SpoolRecord(LOG, LOGS_PATH, deterministic_id(LOGS_PATH, payload.hex()), payload)]
+        return [SpoolRecord(LOG, LOGS_PATH, _payload_id(payload), payload)]
 
     def send(self, entries: Sequence[SpoolEntry]) -> SendOutcome:
         outcome = SendOutcome()
@@ -76,6 +77,10 @@ class OtlpDestination(Destination):
 
     def close(self) -> None:
         self._client.close()
+
+
+def _payload_id(payload: bytes) -> str:
+    return hashlib.sha256(payload).hexdigest()[:32]
 
 
 def _consecutive_groups(entries: Sequence[SpoolEntry]) -> list[list[SpoolEntry]]:

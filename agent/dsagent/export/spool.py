@@ -156,6 +156,15 @@ class Spool:
             try:
                 removed_docs = 0
                 removed_bytes = 0
+                if seq_list[-1] - seq_list[0] + 1 == len(seq_list):  # contiguous: the common case
+                    bounds = (seq_list[0], seq_list[-1])
+                    count, size = self._db.execute(
+                        "SELECT COUNT(*), COALESCE(SUM(size_bytes), 0) FROM documents WHERE seq BETWEEN ? AND ?",
+                        bounds,
+                    ).fetchone()
+                    self._db.execute("DELETE FROM documents WHERE seq BETWEEN ? AND ?", bounds)
+                    removed_docs, removed_bytes = int(count), int(size)
+                    seq_list = []
                 for start in range(0, len(seq_list), 500):
                     chunk = seq_list[start : start + 500]
                     marks = ",".join("?" * len(chunk))

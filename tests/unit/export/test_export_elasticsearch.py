@@ -131,3 +131,15 @@ def test_stream_names_follow_prefix_and_namespace(fake_es: FakeElasticsearch) ->
     dest = destination(fake_es, index_prefix="gpufleet", namespace="prod")
     doc = Document(METRIC, "metrics", "gpu", "x", {})
     assert dest.stream_name(doc) == "metrics-gpufleet.gpu-prod"
+
+
+def test_whole_request_413_is_split_until_the_oversized_document_is_isolated(
+    fake_es: FakeElasticsearch, tmp_path: Path
+) -> None:
+    dest = destination(fake_es)
+    dest.prepare()
+    fake_es.set_faults(status=413, requests=3)  # the first three bulk requests are "too large"
+    outcome = dest.send([entry(i, request_doc(i)) for i in range(1, 5)])
+    # 4 -> 413; [1,2] -> 413; [1] -> 413 (dead); [2] ok; [3,4] ok
+    assert [e.seq for e, _ in outcome.dead] == [1] and "413" in outcome.dead[0][1]
+    assert sorted(outcome.acked) == [2, 3, 4] and not outcome.retry
