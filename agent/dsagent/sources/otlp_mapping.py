@@ -30,7 +30,7 @@ FINISH_REASON_KEYS = ("finish_reason", "gen_ai.response.finish_reasons")
 STATUS_CODE_KEYS = ("http.response.status_code", "status_code", "http.status_code")
 KNOB_PREFIXES = ("dssidecar.knob.", "knob.")
 
-_CONSUMED_KEYS = frozenset(
+CONSUMED_KEYS = frozenset(
     REQUEST_ID_KEYS
     + MODEL_KEYS
     + PROMPT_LENGTH_KEYS
@@ -117,7 +117,7 @@ def record_from_attributes(
         prefix = next((p for p in KNOB_PREFIXES if key.startswith(p)), None)
         if prefix is not None:
             knobs[key[len(prefix) :]] = value
-        elif key not in _CONSUMED_KEYS:
+        elif key not in CONSUMED_KEYS:
             extra[key] = value
 
     status = _as_int(_first(attributes, STATUS_CODE_KEYS))

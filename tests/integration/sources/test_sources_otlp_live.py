@@ -8,6 +8,8 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from dsagent.samples import RequestRecord
+from dsagent.sources.otlp_receiver import OtlpReceiverServer
 from opentelemetry.exporter.otlp.proto.http import Compression
 from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -16,9 +18,6 @@ from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-
-from dsagent.samples import RequestRecord
-from dsagent.sources.otlp_receiver import OtlpReceiverServer
 
 
 class Collected:

@@ -192,3 +192,39 @@ def test_gpu_failure_mid_run_is_a_source_error() -> None:
     nvml.values["nvmlDeviceGetUtilizationRates"] = nvml_error(pynvml.NVML_ERROR_UNINITIALIZED)
     with pytest.raises(SourceError, match="nvml"):
         source.collect()
+
+
+def test_not_supported_is_asked_once_then_remembered() -> None:
+    import pynvml
+
+    values = full_h100_values()
+    values["nvmlDeviceGetFanSpeed"] = nvml_error(pynvml.NVML_ERROR_NOT_SUPPORTED)
+    values["nvmlDeviceGetPowerUsage"] = nvml_error(pynvml.NVML_ERROR_UNKNOWN)  # transient: asked every time
+    nvml = ScriptedNvml(values)
+    backend = NvmlBackend(nvml=nvml)
+    for _ in range(3):
+        (reading,) = backend.read_all()
+        assert reading.fan_speed_ratio is None
+    assert nvml.calls.count("nvmlDeviceGetFanSpeed") == 1
+    assert nvml.calls.count("nvmlDeviceGetPowerUsage") == 3
+
+
+def test_static_and_slow_fields_are_not_read_every_tick() -> None:
+    now = [0.0]
+    nvml = ScriptedNvml(full_h100_values())
+    backend = NvmlBackend(nvml=nvml, slow_field_interval_seconds=5.0, clock=lambda: now[0])
+    readings = []
+    for second in range(7):
+        now[0] = float(second)
+        (reading,) = backend.read_all()
+        readings.append(reading)
+    assert nvml.calls.count("nvmlDeviceGetMaxClockInfo") == 1  # read once at open
+    assert nvml.calls.count("nvmlDeviceGetTotalEnergyConsumption") == 2  # at 0 s and 5 s
+    assert nvml.calls.count("nvmlDeviceGetApplicationsClock") == 4  # two clocks, at 0 s and 5 s
+    # the energy counter appears only on ticks it was read; application clocks are reused between reads
+    assert [r.energy_joules_total is not None for r in readings] == [True, False, False, False, False, True, False]
+    assert all(r.applications_sm_clock_hertz == pytest.approx(1.98e9) for r in readings)
+    assert all(r.sm_clock_max_hertz == pytest.approx(1.98e9) for r in readings)
+    backend.refresh_slow_fields()
+    (reading,) = backend.read_all()
+    assert reading.energy_joules_total is not None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from dsagent.sources.otlp_mapping import record_from_attributes
+from dsagent.sources.otlp_mapping import CONSUMED_KEYS, KNOB_PREFIXES, record_from_attributes
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -133,9 +133,12 @@ def test_mapping_never_raises_and_respects_invariants(attributes: dict[str, Any]
     ):
         assert seconds is None or (seconds >= 0 and seconds != float("inf"))
     assert record.status_code is None or 100 <= record.status_code <= 599
-    # nothing is lost: every attribute is a field, a knob, or kept in attributes
+    # nothing is lost: every attribute is a mapped field, a knob, or kept in attributes
     for key in attributes:
-        assert key in record.attributes or key.split(".")[-1] in record.knobs or key in SIDECAR_ATTRIBUTES or key.startswith("gen_ai.")
+        if key.startswith(KNOB_PREFIXES):
+            assert any(key == prefix + knob for prefix in KNOB_PREFIXES for knob in record.knobs)
+        else:
+            assert key in CONSUMED_KEYS or record.attributes[key] is attributes[key]
 
 
 @given(
