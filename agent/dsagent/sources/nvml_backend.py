@@ -11,6 +11,7 @@ fan speed 0.2 ms - while the other fields cost microseconds. So static fields ar
 answer "not supported" / "no permission" / "function not found" is remembered per GPU and never asked
 again, and the slow fields are read every `slow_field_interval_seconds` (application clocks are reused
 in between, the energy counter is only emitted on the ticks it was read, so its timestamps stay true).
+Measured after that on the same H100: 0.46 ms median per read (p90 0.66 ms), 29-30 samples per GPU.
 """
 
 from __future__ import annotations

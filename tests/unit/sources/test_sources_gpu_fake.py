@@ -198,3 +198,17 @@ def test_gpu_unavailable_from_backend_mid_run_is_a_source_error() -> None:
 
     with pytest.raises(SourceError, match="gone"):
         GpuSource(Failing()).collect()
+
+
+def test_recorder_command_without_a_gpu_exits_2_with_the_reason(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from dsagent.sources.gpu_trace import main
+    from dsagent.sources.nvml_backend import NvmlBackend
+
+    try:
+        NvmlBackend().open()
+    except GpuUnavailable:
+        pass
+    else:
+        pytest.skip("this machine has a GPU: the recorder would record for real")
+    assert main(["--out", str(tmp_path / "t.jsonl"), "--seconds", "1"]) == 2
+    assert "no GPU to record" in capsys.readouterr().err
