@@ -19,7 +19,6 @@ import base64
 import gzip
 import json
 import logging
-import socket
 import threading
 import time
 import zlib
@@ -281,7 +280,10 @@ def build_otlp_router(
 
 
 class OtlpReceiverServer:
-    """The receiver on its own loopback port (uvicorn in a thread). port=0 picks a free port."""
+    """The receiver alone on its own loopback port (the agent API's uvicorn-in-a-thread server).
+
+    port=0 picks a free port; read `.port` / `.endpoint` after start(). stop() is idempotent.
+    """
 
     def __init__(
         self,
@@ -290,42 +292,29 @@ class OtlpReceiverServer:
         port: int = 4318,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     ) -> None:
-        import uvicorn
+        from dsagent.api import ApiServer
 
         app = FastAPI(title="dsagent OTLP receiver", docs_url=None, redoc_url=None, openapi_url=None)
         app.include_router(build_otlp_router(on_records, max_body_bytes))
-        self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            self._socket.bind((host, port))
-            self._socket.listen(128)  # claim the port now, so a second receiver fails here, not later
-        except OSError as error:
-            self._socket.close()
-            raise OSError(f"OTLP receiver cannot listen on {host}:{port}: {error}; pick a free port") from error
-        self.host, self.port = self._socket.getsockname()[:2]
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
-        self._server = uvicorn.Server(config)
-        self._thread: threading.Thread | None = None
+        self._server = ApiServer(app, host, port)
+
+    @property
+    def port(self) -> int:
+        return int(self._server.port)
 
     @property
     def endpoint(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return self._server.url
 
     def start(self, timeout_seconds: float = 10.0) -> None:
-        self._thread = threading.Thread(
-            target=self._server.run, kwargs={"sockets": [self._socket]}, name="otlp-receiver", daemon=True
-        )
-        self._thread.start()
-        deadline = time.monotonic() + timeout_seconds
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(f"OTLP receiver did not start on {self.endpoint}")
-            time.sleep(0.01)
+        requested = self._server.url
+        try:
+            self._server.start(timeout_seconds)
+        except OSError as error:
+            raise OSError(
+                f"OTLP receiver cannot listen on {requested}: {error}; "
+                "set sources.otlp_receiver.port to a free port"
+            ) from error
 
     def stop(self, timeout_seconds: float = 5.0) -> None:
-        """Idempotent."""
-        self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout_seconds)
-            self._thread = None
-        self._socket.close()
+        self._server.stop(timeout_seconds)

@@ -133,9 +133,11 @@ def test_the_sidecars_request_telemetry_maps_completely(receiver: tuple[OtlpRece
 
 def test_a_taken_port_is_refused_with_the_address() -> None:
     first = OtlpReceiverServer(lambda records: None, "127.0.0.1", 0)
+    first.start()
     try:
-        with pytest.raises(OSError, match=f"127.0.0.1:{first.port}"):
-            OtlpReceiverServer(lambda records: None, "127.0.0.1", first.port)
+        second = OtlpReceiverServer(lambda records: None, "127.0.0.1", first.port)
+        with pytest.raises(OSError, match=f"OTLP receiver cannot listen on http://127.0.0.1:{first.port}"):
+            second.start()
     finally:
         first.stop()
 
