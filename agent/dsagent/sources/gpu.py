@@ -3,7 +3,8 @@
 The backend (NVML, trace replay, simulated GPUs) is injected, so this module holds the only copy of the
 reading-to-sample mapping and the "no GPU here" behaviour: when the backend cannot open, the reason is
 logged once at WARNING and the source yields nothing on every tick, without retrying NVML every second
-(a driver does not appear while the agent runs). A backend failing mid-run is a SourceError.
+(a driver does not appear while the agent runs). A backend failing mid-run is a SourceError, and the
+next tick opens the backend again.
 """
 
 from __future__ import annotations
@@ -106,7 +107,8 @@ class GpuSource:
             readings = self._backend.read_all()
         except GpuUnavailable as error:
             raise SourceError(f"GPU backend {self._backend.name} stopped answering: {error}") from error
-        except Exception as error:  # a backend bug or a driver gone mid-run: one failed tick, not a dead agent
+        except Exception as error:  # a driver reset or gone mid-run: one failed tick, not a dead agent
+            self.close()  # the next tick opens the backend again (NVML re-initializes)
             raise SourceError(f"GPU backend {self._backend.name} failed: {error!r}") from error
         return readings_to_samples(readings, self._clock())
 

@@ -192,6 +192,10 @@ def test_gpu_failure_mid_run_is_a_source_error() -> None:
     nvml.values["nvmlDeviceGetUtilizationRates"] = nvml_error(pynvml.NVML_ERROR_UNINITIALIZED)
     with pytest.raises(SourceError, match="nvml"):
         source.collect()
+    assert nvml.shutdowns == 1  # closed, to be opened again
+    nvml.values["nvmlDeviceGetUtilizationRates"] = SimpleNamespace(gpu=50, memory=10)
+    recovered = source.collect()
+    assert [s.value for s in recovered if s.name == "dsagent_gpu_utilization_ratio"] == [0.5]
 
 
 def test_not_supported_is_asked_once_then_remembered() -> None:
