@@ -42,6 +42,15 @@ class _ProcessWatch:
         return values
 
 
+def _busy_and_total_cpu_seconds() -> tuple[float, float]:
+    """CPU seconds spent busy and in total over all CPUs since boot (iowait counts as idle, as in top)."""
+    times = psutil.cpu_times()
+    total = sum(times)
+    total -= getattr(times, "guest", 0.0) + getattr(times, "guest_nice", 0.0)  # already inside user/nice
+    idle = times.idle + getattr(times, "iowait", 0.0)
+    return total - idle, total
+
+
 class HostSource:
     """psutil readings of the host, the engine process (pid from `sidecar_pid_getter`) and the agent itself."""
 
@@ -56,8 +65,7 @@ class HostSource:
         self._sidecar_pid_getter = sidecar_pid_getter or (lambda: None)
         self._clock = clock
         self._cpu_count = psutil.cpu_count(logical=True) or 1
-        psutil.cpu_percent(None)  # prime the host-wide CPU delta
-        self._host_cpu_read_at = time.monotonic()
+        self._host_cpu_times = _busy_and_total_cpu_seconds()  # own delta state, not psutil's module-global one
         self._sidecar: _ProcessWatch | None = None
         self._sidecar_collects = 0
         self._agent = psutil.Process(os.getpid()) if include_agent_process else None
@@ -70,10 +78,11 @@ class HostSource:
             meta = METRICS_BY_NAME[name]
             samples.append(Sample(name, make_labels(), float(value), now, meta.kind, meta.unit))
 
-        cpu_percent = psutil.cpu_percent(None)
-        read_at, self._host_cpu_read_at = self._host_cpu_read_at, time.monotonic()
-        if self._host_cpu_read_at - read_at > 0.05:  # over a near-zero interval the ratio means nothing
-            add("dsagent_host_cpu_ratio", cpu_percent / 100.0)
+        (busy_before, total_before), self._host_cpu_times = self._host_cpu_times, _busy_and_total_cpu_seconds()
+        total_delta = self._host_cpu_times[1] - total_before
+        if total_delta > 0.05 * self._cpu_count:  # over a near-zero interval the ratio means nothing
+            busy_ratio = (self._host_cpu_times[0] - busy_before) / total_delta
+            add("dsagent_host_cpu_ratio", min(1.0, max(0.0, busy_ratio)))
         add("dsagent_host_cpu_cores", self._cpu_count)
         memory = psutil.virtual_memory()
         add("dsagent_host_memory_used_bytes", memory.used)
