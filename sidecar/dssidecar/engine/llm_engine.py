@@ -39,6 +39,7 @@ from dssidecar.engine.scheduler import ScheduledBatch, Scheduler
 from dssidecar.engine.sequence import Sequence, SequenceStatus
 from dssidecar.models.config import ModelConfig
 from dssidecar.models.tokenizer import HFTokenizer, IncrementalDetokenizer
+from dssidecar.oom import FaultInjector, OomGuard
 
 logger = logging.getLogger("dssidecar.engine")
 
@@ -81,6 +82,10 @@ class LLMEngine:
         self.eos_token_ids: frozenset[int] = frozenset(eos)
         self._requests: dict[str, Sequence] = {}
         self._pending_runner: ModelRunner | None = None
+        # knobs (helper K): callables run on the engine thread before each schedule (KV pool resize),
+        # and the out-of-memory guard that retries a step with a smaller batch
+        self.step_hooks: list[Callable[[], None]] = []
+        self.oom_guard = OomGuard(FaultInjector.from_env())
         self._current_batch: ScheduledBatch | None = None
         # counters for /metrics
         self.steps_total = 0
@@ -279,11 +284,13 @@ class LLMEngine:
     # ---- the step -------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
         self._apply_pending_runner()
+        for hook in self.step_hooks:
+            hook()
         batch = self.scheduler.schedule()
         if batch is None:
             return self._unblock()
         self._current_batch = batch
-        token_ids = self.runner.run(batch.seqs, batch.is_prefill)
+        batch, token_ids = self.oom_guard.run(self, batch)
         outputs = self._postprocess(batch, token_ids)
         self._current_batch = None
         self.steps_total += 1
