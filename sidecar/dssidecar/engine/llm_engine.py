@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from dssidecar.device import (
     configure_cpu_threads,
     device_memory_available_bytes,

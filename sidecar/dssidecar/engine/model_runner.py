@@ -15,11 +15,12 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch import nn
+
 from dssidecar.engine.sampling import sample_tokens
 from dssidecar.engine.sequence import Sequence
 from dssidecar.models.attention import AttentionMetadata
 from dssidecar.models.config import ModelConfig
-from torch import nn
 
 
 def kv_cache_bytes_per_block(config: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
@@ -81,6 +82,12 @@ class ModelRunner:
         width = max(len(seq.block_table) for seq in seqs)
         return self._to_device([seq.block_table + [0] * (width - len(seq.block_table)) for seq in seqs])
 
+    def _additive_mask(self, allowed: torch.Tensor) -> torch.Tensor:
+        """Bool "may attend" -> 0 / -inf in the KV dtype, built once per step (SDPA converts a bool mask
+        on every call, i.e. once per layer)."""
+        mask = torch.zeros(allowed.shape, dtype=self.kv_dtype, device=self.device)
+        return mask.masked_fill_(~allowed, float("-inf"))
+
     def prepare_prefill(self, seqs: list[Sequence]) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata, torch.Tensor]:
         """Packed inputs for the scheduled prompt chunks; returns (ids, positions, meta, last_index)."""
         input_ids: list[int] = []
@@ -112,7 +119,7 @@ class ModelRunner:
         if reads_pool:
             key_positions = torch.arange(block_tables.shape[1] * self.block_size, device=self.device)
             query_positions = self._to_device(starts).unsqueeze(1) + torch.arange(max_query_len, device=self.device)
-            attn_mask = (key_positions.view(1, 1, -1) <= query_positions.unsqueeze(2)).unsqueeze(1)
+            attn_mask = self._additive_mask((key_positions.view(1, 1, -1) <= query_positions.unsqueeze(2)).unsqueeze(1))
         meta = AttentionMetadata(
             is_prefill=True,
             slot_mapping=slot_mapping,
@@ -133,7 +140,7 @@ class ModelRunner:
         rows = torch.arange(len(seqs), device=self.device)
         slot_mapping = block_tables[rows, positions // self.block_size] * self.block_size + positions % self.block_size
         key_positions = torch.arange(block_tables.shape[1] * self.block_size, device=self.device)
-        attn_mask = (key_positions.unsqueeze(0) < context_lens.unsqueeze(1)).view(len(seqs), 1, 1, -1)
+        attn_mask = self._additive_mask((key_positions.unsqueeze(0) < context_lens.unsqueeze(1)).view(len(seqs), 1, 1, -1))
         meta = AttentionMetadata(
             is_prefill=False,
             slot_mapping=slot_mapping,

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence as SequenceType
 
 import torch
+
 from dssidecar.engine.protocol import SamplingParams
 
 

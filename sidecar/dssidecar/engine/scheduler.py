@@ -60,7 +60,7 @@ class Scheduler:
         while self.waiting:
             seq = self.waiting[0]
             partially_prefilled = bool(seq.block_table)
-            if not partially_prefilled and len(self.running) + len(scheduled) >= max_running:
+            if not partially_prefilled and len(self.running) >= max_running:  # admitted ones are in running
                 break
             remaining = budget - num_batched_tokens
             if remaining <= 0:

@@ -12,6 +12,7 @@ import itertools
 from dataclasses import dataclass, field
 
 import torch
+
 from dssidecar.engine.protocol import FinishReason, SamplingParams
 
 

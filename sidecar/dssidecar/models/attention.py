@@ -33,7 +33,7 @@ class AttentionMetadata:
     pad_index: torch.Tensor | None = None  # [T] index into the padded [B * max_query_len] batch
     # prefill with context, and decode
     block_tables: torch.Tensor | None = None  # [B, max_blocks] int64 (padding points at block 0)
-    attn_mask: torch.Tensor | None = None  # bool, True = may attend; [B, 1, Lq, Lk]
+    attn_mask: torch.Tensor | None = None  # additive (0 or -inf), [B, 1, Lq, Lk]
 
     @property
     def reads_pool(self) -> bool:

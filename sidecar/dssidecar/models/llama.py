@@ -13,9 +13,10 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from dssidecar.models.attention import AttentionMetadata, paged_attention
 from dssidecar.models.config import ModelConfig
-from torch import nn
 
 
 def rope_inverse_frequencies(config: ModelConfig) -> torch.Tensor:

@@ -14,11 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+
 from dssidecar.integrity import verify_manifest
 from dssidecar.models.config import ModelConfig
 from dssidecar.models.llama import LlamaForCausalLM
 from dssidecar.models.tokenizer import HFTokenizer
-from safetensors import safe_open
 
 logger = logging.getLogger("dssidecar.models.loader")
 

@@ -56,7 +56,7 @@ class HFTokenizer:
         for token_id in [self.eos_token_id, *extra_eos_token_ids]:
             if token_id is not None and token_id not in eos_ids:
                 eos_ids.append(int(token_id))
-        self.eos_token_ids: list[int] = eos_ids
+        self.eos_token_ids: Sequence[int] = eos_ids
         # add_bos_token=True in tokenizer_config means "prepend bos"; the post-processor may do it already
         self._prepend_bos = bool(add_bos_token) and self.bos_token_id is not None and not self._post_processor_adds_bos()
 
@@ -131,6 +131,7 @@ class HFTokenizer:
     @cached_property
     def _compiled_template(self) -> Any:
         import jinja2
+        import jinja2.ext  # loopcontrols; `import jinja2` alone does not load the ext submodule
         from jinja2.sandbox import ImmutableSandboxedEnvironment
 
         env = ImmutableSandboxedEnvironment(

@@ -1,0 +1,1 @@
+"""Model code (Llama/Qwen2 on a paged KV pool), tokenizer and checkpoint loader."""
