@@ -403,26 +403,49 @@ def _fits(value: Any, field_type: str) -> bool:
 
 def apply_filter_path(value: Any, filter_path: str) -> Any:
     """Elasticsearch's `filter_path` response filtering (comma-separated dotted paths, `*` wildcards)."""
-    paths = [path.strip().split(".") for path in filter_path.split(",") if path.strip()]
-    filtered = _filter(value, paths)
+    trie: dict[str, Any] = {}
+    for path in filter_path.split(","):
+        parts = [part for part in path.strip().split(".") if part]
+        node = trie
+        for number, part in enumerate(parts):
+            if number == len(parts) - 1:
+                node[part] = _LEAF
+            else:
+                child = node.get(part)
+                if child is _LEAF:
+                    break
+                node = node.setdefault(part, {})
+    filtered = _filter(value, trie)
     return {} if filtered is None else filtered
 
 
-def _filter(value: Any, paths: list[list[str]]) -> Any:
+_LEAF: dict[str, Any] = {}
+
+
+def _trie_child(trie: dict[str, Any], key: str) -> dict[str, Any] | None:
+    if key in trie:
+        return trie[key]  # type: ignore[no-any-return]
+    for pattern, child in trie.items():
+        if "*" in pattern and fnmatch.fnmatchcase(key, pattern):
+            return child  # type: ignore[no-any-return]
+    return None
+
+
+def _filter(value: Any, trie: dict[str, Any]) -> Any:
     if isinstance(value, list):
-        kept = [_filter(item, paths) for item in value]
+        kept = [_filter(item, trie) for item in value]
         return [item for item in kept if item not in (None, {}, [])]
     if not isinstance(value, dict):
         return None
     result: dict[str, Any] = {}
     for key, child in value.items():
-        rests = [path[1:] for path in paths if path and fnmatch.fnmatchcase(key, path[0])]
-        if not rests:
+        node = _trie_child(trie, key)
+        if node is None:
             continue
-        if any(not rest for rest in rests):
+        if node is _LEAF:
             result[key] = child
         else:
-            sub = _filter(child, rests)
+            sub = _filter(child, node)
             if sub not in (None, {}, []):
                 result[key] = sub
     return result

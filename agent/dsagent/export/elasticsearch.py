@@ -76,16 +76,19 @@ class ElasticsearchDestination(Destination):
     def bulk_body(self, entries: Sequence[SpoolEntry]) -> bytes:
         parts: list[bytes] = []
         omit_metric_ids = self.config.metrics_time_series_mode
+        action_prefixes: dict[str, bytes] = {}
         for entry in entries:
+            prefix = action_prefixes.get(entry.stream)
+            if prefix is None:
+                prefix = b'{"create":{"_index":' + json.dumps(entry.stream).encode()
+                action_prefixes[entry.stream] = prefix
             if omit_metric_ids and entry.stream.startswith(METRICS + "-"):
                 # a TSDS derives its own deterministic _id from dimensions + timestamp
-                action = b'{"create":{"_index":' + json.dumps(entry.stream).encode() + b"}}"
+                parts.append(prefix + b"}}")
+            elif entry.doc_id.isalnum() and entry.doc_id.isascii():  # our hex ids: nothing to escape
+                parts.append(prefix + b',"_id":"' + entry.doc_id.encode() + b'"}}')
             else:
-                action = (
-                    b'{"create":{"_index":' + json.dumps(entry.stream).encode()
-                    + b',"_id":' + json.dumps(entry.doc_id).encode() + b"}}"
-                )
-            parts.append(action)
+                parts.append(prefix + b',"_id":' + json.dumps(entry.doc_id).encode() + b"}}")
             parts.append(entry.payload)
         parts.append(b"")
         return b"\n".join(parts)

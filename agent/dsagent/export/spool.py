@@ -143,7 +143,7 @@ class Spool:
             rows = self._db.execute(
                 "SELECT seq, kind, stream, doc_id, payload FROM documents ORDER BY seq LIMIT ?", (limit,)
             ).fetchall()
-        return [SpoolEntry(seq, kind, stream, doc_id, bytes(payload)) for seq, kind, stream, doc_id, payload in rows]
+        return [SpoolEntry(seq, kind, stream, doc_id, payload) for seq, kind, stream, doc_id, payload in rows]
 
     def ack(self, seqs: Iterable[int]) -> int:
         """Delete acknowledged documents; returns how many were still present."""
