@@ -263,7 +263,9 @@ def test_access_log_and_otlp_records_reach_the_receiver(http: httpx.Client, side
     response = http.post("/v1/completions", json={"model": "tiny", "prompt": "otlp check", "max_tokens": 4, "ignore_eos": True})
     request_id = response.json()["id"]
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and not any(a.get("request_id") == request_id for a in otlp_receiver.log_attributes):
+    while time.monotonic() < deadline and not (
+        any(a.get("request_id") == request_id for a in otlp_receiver.log_attributes) and otlp_receiver.span_names
+    ):
         time.sleep(0.2)
     (attributes,) = [a for a in otlp_receiver.log_attributes if a.get("request_id") == request_id]
     assert attributes["gen_ai.request.model"] == "tiny"
