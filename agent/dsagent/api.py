@@ -132,6 +132,21 @@ def build_api(
     return app
 
 
+class _QuietServer(uvicorn.Server):
+    """uvicorn wakes every 0.1 s to check for shutdown; an idle agent needs that only twice a second."""
+
+    async def main_loop(self) -> None:
+        import asyncio
+
+        counter = 0
+        should_exit = await self.on_tick(counter)
+        while not should_exit:
+            counter += 1
+            counter = counter % 864000
+            await asyncio.sleep(0.5)
+            should_exit = await self.on_tick(counter * 5)  # on_tick refreshes the Date header every 10th
+
+
 class ApiServer:
     """uvicorn in a background thread on a socket bound here, so a busy port fails in the caller
     with a clear message and port 0 means any free port (read `.port` after `start()`)."""
@@ -139,7 +154,7 @@ class ApiServer:
     def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> None:
         self._config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
                                       timeout_graceful_shutdown=2)
-        self._server = uvicorn.Server(self._config)
+        self._server = _QuietServer(self._config)
         self._thread: threading.Thread | None = None
         self._socket: socket.socket | None = None
         self.host = host

@@ -13,6 +13,7 @@ than the series' newest) is dropped and counted, which is what Prometheus does t
 from __future__ import annotations
 
 import bisect
+import math
 import re
 import threading
 from array import array
@@ -101,6 +102,8 @@ class RingSeries:
 
     def drop_older_than(self, cutoff_seconds: float) -> int:
         """Forget samples with timestamp < cutoff; returns how many were dropped."""
+        if not self._count or self._times[self._start] >= cutoff_seconds:
+            return 0  # the common case every tick: nothing old enough, O(1)
         keep_from = self.index_at_or_after(cutoff_seconds)
         if keep_from:
             self._start = self._physical(keep_from)
@@ -176,21 +179,23 @@ class TimeSeriesStore:
     def append(self, samples: Iterable[Sample]) -> int:
         """Add samples; returns how many were stored (out-of-order ones are dropped and counted)."""
         stored = 0
-        newest_seen = 0.0
+        newest_seen = -math.inf
+        series = self._series  # hot path (hundreds of samples per second): locals, no per-sample calls
         with self._lock:
             for sample in samples:
                 key = (sample.name, sample.labels)
-                ring = self._series.get(key)
+                ring = series.get(key)
                 if ring is None:
                     ring = RingSeries(self.max_samples_per_series, sample.kind, sample.unit)
-                    self._series[key] = ring
+                    series[key] = ring
                     self._by_name.setdefault(sample.name, set()).add(sample.labels)
-                newest = ring.newest_time()
-                if newest is not None and sample.timestamp_seconds < newest:
+                timestamp = sample.timestamp_seconds
+                if ring._count and timestamp < ring._times[(ring._start + ring._count - 1) % ring.capacity]:
                     self.out_of_order_dropped += 1
                     continue
-                ring.append(sample.timestamp_seconds, float(sample.value))
-                newest_seen = max(newest_seen, sample.timestamp_seconds)
+                ring.append(timestamp, float(sample.value))
+                if timestamp > newest_seen:
+                    newest_seen = timestamp
                 stored += 1
             self.samples_appended += stored
             if stored:

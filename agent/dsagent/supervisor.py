@@ -34,6 +34,7 @@ from dsagent.samples import Sample, make_labels
 log = logging.getLogger(__name__)
 
 ENGINE_LOG_MAX_BYTES = 50 * 1024 * 1024
+EXIT_POLL_SECONDS = 0.5  # how soon a crashed engine is noticed (cheap: one waitpid per poll)
 
 
 class EngineState(str, enum.Enum):
@@ -393,7 +394,7 @@ class EngineSupervisor:
         self._set_state(EngineState.READY, f"serving at {self.engine_url}")
         ready_at = time.monotonic()
         while not self._stop.is_set() and process.poll() is None:
-            self._stop.wait(0.2)
+            self._stop.wait(EXIT_POLL_SECONDS)
         if self._stop.is_set():
             return
         self.last_exit_code = process.returncode
