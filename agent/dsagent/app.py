@@ -31,7 +31,7 @@ from dsagent.scheduler import AgentScheduler
 from dsagent.slo import RequestStats
 from dsagent.sources.base import Source, SourceError
 from dsagent.store import LabelMatcher, TimeSeriesStore
-from dsagent.supervisor import EngineSupervisor
+from dsagent.supervisor import EngineState, EngineSupervisor
 
 log = logging.getLogger("dsagent")
 
@@ -51,9 +51,11 @@ class _SourceHealth:
             log.info("source %s recovered", name)
         self.errors[name] = None
 
-    def failed(self, name: str, error: str) -> None:
+    def failed(self, name: str, error: str, expected: bool = False) -> None:
+        """expected: the failure follows from a known state (engine still starting): info, not warning."""
         if not self.errors.get(name):
-            log.warning("source %s failing: %s (logged once; retried every tick)", name, error)
+            log.log(logging.INFO if expected else logging.WARNING,
+                    "source %s failing: %s (logged once; retried every tick)", name, error)
         self.errors[name] = error
 
 
@@ -176,7 +178,9 @@ class Agent:
                 self._health.ok(source.name)
             except SourceError as exc:
                 samples += exc.samples
-                self._health.failed(source.name, str(exc))
+                engine_starting = source.name == "engine" and self.supervisor is not None and \
+                    self.supervisor.state not in (EngineState.READY, EngineState.ATTACHED_READY)
+                self._health.failed(source.name, str(exc), expected=engine_starting)
             except Exception as exc:  # a bug in one source must not stop the others
                 self._health.failed(source.name, f"{type(exc).__name__}: {exc}")
         now = time.time()

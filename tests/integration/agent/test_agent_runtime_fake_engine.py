@@ -122,3 +122,18 @@ def test_stop_drains_engine_and_writes_request_documents(agent: Agent, tmp_path:
     exported = "\n".join(p.read_text() for p in (tmp_path / "export").rglob("*") if p.is_file())
     assert "only-one" in exported
     assert not (tmp_path / "agent.json").exists()
+
+
+def test_every_metric_the_agent_derives_is_documented(agent: Agent) -> None:
+    from dsagent.agent_metrics import AGENT_METRICS_BY_NAME, family_name
+    from dsagent.sources.metric_metadata import METRICS_BY_NAME as SOURCE_METRICS
+
+    assert agent.supervisor is not None and agent.supervisor.wait_ready(15)
+    assert agent.api is not None
+    httpx.post(agent.api.url + "/v1/logs", json=otlp_json_logs(["doc-1"]), timeout=5).raise_for_status()
+    samples = agent.collect_once()
+    source_names = {s.name for source in agent.sources for s in source.collect()}
+    own = {family_name(s.name) for s in samples} - source_names - set(SOURCE_METRICS)
+    undocumented = sorted(name for name in own if name not in AGENT_METRICS_BY_NAME)
+    assert not undocumented, f"add these to dsagent.agent_metrics.AGENT_METRICS: {undocumented}"
+    assert {"inference_qps", "inference_latency_seconds", "dsagent_engine_restarts_total"} <= own
