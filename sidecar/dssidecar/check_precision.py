@@ -88,7 +88,8 @@ def sequence_logits(model: nn.Module, token_ids: Sequence[int], kv_dtype: torch.
     """Logits [L, vocab] (fp32) for every position of one sequence, through the engine's paged model."""
     from dssidecar.models.attention import AttentionMetadata
 
-    config: Any = model.config
+    paged_model: Any = model  # the engine's LlamaForCausalLM: config, forward(ids, positions, kv, meta), compute_logits
+    config = paged_model.config
     num_tokens = len(token_ids)
     block_size = 16
     num_blocks = (num_tokens + block_size - 1) // block_size
@@ -99,8 +100,8 @@ def sequence_logits(model: nn.Module, token_ids: Sequence[int], kv_dtype: torch.
     input_ids = torch.tensor(list(token_ids), dtype=torch.long, device=device)
     positions = torch.arange(num_tokens, device=device)
     meta = AttentionMetadata(is_prefill=True, slot_mapping=positions.clone(), num_seqs=1, max_query_len=num_tokens)
-    hidden = model(input_ids, positions, kv_cache, meta)
-    logits: torch.Tensor = model.compute_logits(hidden)
+    hidden = paged_model(input_ids, positions, kv_cache, meta)
+    logits: torch.Tensor = paged_model.compute_logits(hidden)
     return logits.float()
 
 

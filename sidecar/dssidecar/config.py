@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-PrecisionName = Literal["fp32", "bf16", "fp16", "int8", "fp8"]
+PrecisionName = Literal["fp32", "bf16", "fp16", "int8", "int8_weight_only", "fp8"]
 
 
 class ServerConfig(BaseSettings):
@@ -49,6 +49,17 @@ class ServerConfig(BaseSettings):
     # --- /control (helper K's knob API reads these)
     control_token: str | None = Field(None, description="Bearer token for /control; required to use it.")
     control_token_file: Path | None = Field(None, description="File holding the /control bearer token.")
+    control_port: int | None = Field(
+        None, ge=0, le=65535,
+        description="Serve /control on its own listener at 127.0.0.1:PORT (needed when host is not loopback; "
+        "with a loopback host and no port, /control is on the main port).",
+    )
+    require_accuracy_check: bool = Field(
+        False, description="Run check-precision before a live precision switch and refuse it (409) when it fails."
+    )
+    accuracy_min_agreement: float = Field(0.90, ge=0.0, le=1.0, description="check: smallest top-1 agreement.")
+    accuracy_max_kl: float = Field(0.05, ge=0.0, description="check: largest mean KL divergence (nats).")
+    accuracy_max_ppl_delta: float = Field(0.05, ge=0.0, description="check: largest relative perplexity increase.")
 
     # --- engine (handed to EngineConfig)
     max_batch_size: int | None = Field(None, ge=1, description="Most sequences decoded together in one step.")

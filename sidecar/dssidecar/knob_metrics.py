@@ -47,8 +47,10 @@ def _number(value: Any) -> float | None:
 class KnobMetricsCollector(Collector):
     """Register on the server's CollectorRegistry: `registry.register(KnobMetricsCollector(controller))`."""
 
-    def __init__(self, controller: KnobController) -> None:
+    def __init__(self, controller: KnobController, *, include_values: bool = True) -> None:
         self.controller = controller
+        # the server's own metrics already render knob_value/knob_info from a knob_values() hook
+        self.include_values = include_values
 
     def collect(self) -> Iterator[Any]:
         changes = CounterMetricFamily(
@@ -58,16 +60,17 @@ class KnobMetricsCollector(Collector):
             changes.add_metric([knob, result], count)
         yield changes
 
-        values = GaugeMetricFamily("dssidecar_knob_value", "current value of each numeric knob", labels=["knob"])
-        info = GaugeMetricFamily("dssidecar_knob_info", "current value of each choice knob (1)", labels=["knob", "value"])
-        for knob, value in sorted(self.controller.values().items()):
-            number = _number(value)
-            if number is not None:
-                values.add_metric([knob], number)
-            elif isinstance(value, str):
-                info.add_metric([knob, value], 1.0)
-        yield values
-        yield info
+        if self.include_values:
+            values = GaugeMetricFamily("dssidecar_knob_value", "current value of each numeric knob", labels=["knob"])
+            info = GaugeMetricFamily("dssidecar_knob_info", "current value of each choice knob (1)", labels=["knob", "value"])
+            for knob, value in sorted(self.controller.values().items()):
+                number = _number(value)
+                if number is not None:
+                    values.add_metric([knob], number)
+                elif isinstance(value, str):
+                    info.add_metric([knob, value], 1.0)
+            yield values
+            yield info
 
         status = self.controller.target.status()
         for key, help_text in _STATUS_GAUGES.items():

@@ -87,9 +87,10 @@ def build_server_app(config: ServerConfig, engine: EngineClient) -> FastAPI:
         telemetry=telemetry,
         shutdown_grace_seconds=config.shutdown_grace_seconds,
     )
-    # /control knobs (helper K): build the KnobController for `engine` here, then
-    #   app.include_router(build_control_router(controller, config.resolved_control_token()))
-    #   set_knob_values(app, controller.values)   # dssidecar.api.app.set_knob_values
+    # /control knobs, knob gauges and knob/OOM/memory metrics (helper K): dssidecar.engine_knobs
+    from dssidecar.engine_knobs import attach_knobs
+
+    attach_knobs(app, engine, config)
     return app
 
 
