@@ -47,9 +47,7 @@ def metrics_template(index_prefix: str, time_series_mode: bool) -> dict[str, Any
                 "properties": {
                     "@timestamp": {"type": "date"},
                     "start_timestamp": {"type": "date"},
-                    "metric": {
-                        "properties": {"name": metric_name, "type": _KEYWORD, "unit": _KEYWORD},
-                    },
+                    "metric": {"properties": {"name": metric_name, "type": _KEYWORD, "unit": _KEYWORD}},
                     "labels": {"type": "object", "dynamic": "true"},
                     "value": {"type": "double"},
                     "histogram": {
@@ -70,61 +68,54 @@ def metrics_template(index_prefix: str, time_series_mode: bool) -> dict[str, Any
     }
 
 
-def requests_template(index_prefix: str) -> dict[str, Any]:
+def _logs_template(index_patterns: list[str], properties: dict[str, Any]) -> dict[str, Any]:
     return {
-        "index_patterns": [f"logs-{index_prefix}.requests-*"],
+        "index_patterns": index_patterns,
         "data_stream": {},
         "priority": TEMPLATE_PRIORITY,
         "version": TEMPLATE_VERSION,
         "_meta": _meta(),
-        "template": {
-            "mappings": {
-                "dynamic": "false",
-                "properties": {
-                    "@timestamp": {"type": "date"},
-                    "request_id": _KEYWORD,
-                    "model": _KEYWORD,
-                    "prompt_length": {"type": "long"},
-                    "tokens_generated": {"type": "long"},
-                    "generation_time_seconds": {"type": "double"},
-                    "time_to_first_token_seconds": {"type": "double"},
-                    "time_per_output_token_seconds": {"type": "double"},
-                    "finish_reason": _KEYWORD,
-                    "status_code": {"type": "integer"},
-                    "knobs": {"type": "flattened"},
-                    "attributes": {"type": "flattened"},
-                    "host": {"properties": {"name": _KEYWORD}},
-                    "resource": _RESOURCE,
-                },
-            }
-        },
+        "template": {"mappings": {"dynamic": "false", "properties": properties}},
     }
+
+
+def requests_template(index_prefix: str) -> dict[str, Any]:
+    return _logs_template(
+        [f"logs-{index_prefix}.requests-*"],
+        {
+            "@timestamp": {"type": "date"},
+            "request_id": _KEYWORD,
+            "model": _KEYWORD,
+            "prompt_length": {"type": "long"},
+            "tokens_generated": {"type": "long"},
+            "generation_time_seconds": {"type": "double"},
+            "time_to_first_token_seconds": {"type": "double"},
+            "time_per_output_token_seconds": {"type": "double"},
+            "finish_reason": _KEYWORD,
+            "status_code": {"type": "integer"},
+            "knobs": {"type": "flattened"},
+            "attributes": {"type": "flattened"},
+            "host": {"properties": {"name": _KEYWORD}},
+            "resource": _RESOURCE,
+        },
+    )
 
 
 def actions_template(index_prefix: str) -> dict[str, Any]:
-    return {
-        "index_patterns": [f"logs-{index_prefix}.actions-*", f"logs-{index_prefix}.events-*"],
-        "data_stream": {},
-        "priority": TEMPLATE_PRIORITY,
-        "version": TEMPLATE_VERSION,
-        "_meta": _meta(),
-        "template": {
-            "mappings": {
-                "dynamic": "false",
-                "properties": {
-                    "@timestamp": {"type": "date"},
-                    "rule": _KEYWORD,
-                    "knob": _KEYWORD,
-                    "old": _KEYWORD,
-                    "new": _KEYWORD,
-                    "outcome": _KEYWORD,
-                    "reason": {"type": "text", "fields": {"keyword": _KEYWORD}},
-                    "host": {"properties": {"name": _KEYWORD}},
-                    "resource": _RESOURCE,
-                },
-            }
+    return _logs_template(
+        [f"logs-{index_prefix}.actions-*", f"logs-{index_prefix}.events-*"],
+        {
+            "@timestamp": {"type": "date"},
+            "rule": _KEYWORD,
+            "knob": _KEYWORD,
+            "old": _KEYWORD,
+            "new": _KEYWORD,
+            "outcome": _KEYWORD,
+            "reason": {"type": "text", "fields": {"keyword": _KEYWORD}},
+            "host": {"properties": {"name": _KEYWORD}},
+            "resource": _RESOURCE,
         },
-    }
+    )
 
 
 def all_templates(index_prefix: str, time_series_mode: bool) -> dict[str, dict[str, Any]]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,9 +26,9 @@ from opentelemetry.sdk.metrics.export import (
 from opentelemetry.sdk.resources import Resource
 
 from dsagent.export.destination import Destination
-from dsagent.export.documents import documents_from_logs, documents_from_metrics
+from dsagent.export.documents import Document, documents_from_logs, documents_from_metrics
 from dsagent.export.drainer import SpoolDrainer
-from dsagent.export.spool import Spool
+from dsagent.export.spool import Spool, SpoolRecord
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,29 @@ class SpoolTarget:
     drainer: SpoolDrainer
 
 
+def spool_everywhere(
+    targets: Sequence[SpoolTarget],
+    what: str,
+    make_documents: Callable[[], list[Document]],
+    encode: Callable[[Destination, list[Document]], list[SpoolRecord]],
+) -> bool:
+    """Documents once, then each destination's encoding appended to its spool; False if any step failed."""
+    try:
+        documents = make_documents()
+    except Exception:  # noqa: BLE001 - never raise into the SDK
+        log.exception("turning %s into documents failed", what)
+        return False
+    ok = True
+    for target in targets:
+        try:
+            target.spool.append(encode(target.destination, documents))
+            target.drainer.wake()
+        except Exception:  # noqa: BLE001 - one destination's spool failing must not stop the others
+            log.exception("spooling %s for %s failed", what, target.destination.name)
+            ok = False
+    return ok
+
+
 class SpoolingMetricExporter(MetricExporter):
     """Histograms go out as DELTA (what Elasticsearch aggregates best); counters stay cumulative."""
 
@@ -51,20 +74,10 @@ class SpoolingMetricExporter(MetricExporter):
         self.failed_exports = 0
 
     def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> MetricExportResult:
-        try:
-            documents = documents_from_metrics(metrics_data)
-        except Exception:  # noqa: BLE001 - never raise into the SDK
-            log.exception("turning metrics into documents failed")
-            self.failed_exports += 1
-            return MetricExportResult.FAILURE
-        ok = True
-        for target in self._targets:
-            try:
-                target.spool.append(target.destination.records_from_metrics(metrics_data, documents))
-                target.drainer.wake()
-            except Exception:  # noqa: BLE001
-                log.exception("spooling metrics for %s failed", target.destination.name)
-                ok = False
+        ok = spool_everywhere(
+            self._targets, "metrics", lambda: documents_from_metrics(metrics_data),
+            lambda destination, documents: destination.records_from_metrics(metrics_data, documents),
+        )
         if not ok:
             self.failed_exports += 1
         return MetricExportResult.SUCCESS if ok else MetricExportResult.FAILURE
@@ -82,20 +95,10 @@ class SpoolingLogExporter(LogRecordExporter):
         self.failed_exports = 0
 
     def export(self, batch: Sequence[ReadableLogRecord]) -> LogRecordExportResult:
-        try:
-            documents = documents_from_logs(batch)
-        except Exception:  # noqa: BLE001
-            log.exception("turning log records into documents failed")
-            self.failed_exports += 1
-            return LogRecordExportResult.FAILURE
-        ok = True
-        for target in self._targets:
-            try:
-                target.spool.append(target.destination.records_from_logs(batch, documents))
-                target.drainer.wake()
-            except Exception:  # noqa: BLE001
-                log.exception("spooling log records for %s failed", target.destination.name)
-                ok = False
+        ok = spool_everywhere(
+            self._targets, "log records", lambda: documents_from_logs(batch),
+            lambda destination, documents: destination.records_from_logs(batch, documents),
+        )
         if not ok:
             self.failed_exports += 1
         return LogRecordExportResult.SUCCESS if ok else LogRecordExportResult.FAILURE
