@@ -96,7 +96,10 @@ class Agent:
         self.pipeline = TelemetryPipeline(self.config.export, self.data_dir, self._resource_attributes())
         self.pipeline.start()
 
-        otlp_router = build_otlp_router(self.on_request_records) if self.config.sources.otlp_receiver.enabled else None
+        # The OTLP receiver is mounted on the agent's API (one port); sources.otlp_receiver.host/port are
+        # for a standalone receiver (dsagent.sources.factory.build_otlp_receiver), not used by `dsagent run`.
+        receiver = self.config.sources.otlp_receiver
+        otlp_router = build_otlp_router(self.on_request_records, receiver.max_body_bytes) if receiver.enabled else None
         app = build_api(self.store, self.status, otlp_router,
                         metrics_lookback_seconds=max(60.0, 5 * self.config.intervals.collect_seconds))
         self.api = ApiServer(app, self.config.server.host, self.config.server.port)
