@@ -13,6 +13,7 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from functools import cached_property, lru_cache
 from typing import Any
 
 from opentelemetry.sdk.metrics.export import (
@@ -43,8 +44,13 @@ class Document:
     doc_id: str
     body: dict[str, Any]
 
-    def json_bytes(self) -> bytes:
+    @cached_property
+    def encoded(self) -> bytes:
+        """The body as compact JSON, serialized once however many destinations store it."""
         return json.dumps(self.body, separators=(",", ":"), default=str).encode()
+
+    def json_bytes(self) -> bytes:
+        return self.encoded
 
 
 def deterministic_id(*parts: str) -> str:
@@ -52,6 +58,7 @@ def deterministic_id(*parts: str) -> str:
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
 
 
+@lru_cache(maxsize=256)  # every point of one collection shares its timestamp
 def iso_timestamp(time_unix_nano: int) -> str:
     """RFC 3339 UTC with microseconds (Elasticsearch `date` keeps milliseconds; ids keep nanoseconds)."""
     seconds, nanos = divmod(int(time_unix_nano), 1_000_000_000)
@@ -80,7 +87,8 @@ def metric_dataset(metric_name: str) -> str:
 
 
 def _series_key(attributes: Mapping[str, Any]) -> str:
-    return json.dumps(sorted((str(k), str(v)) for k, v in attributes.items()), separators=(",", ":"))
+    """Canonical text of a label set: sorted, with separators that cannot occur in the text by accident."""
+    return "\x1e".join(f"{k}\x1d{v}" for k, v in sorted((str(k), str(v)) for k, v in attributes.items()))
 
 
 def _identity_attributes(resource_attributes: Mapping[str, Any]) -> dict[str, Any]:
