@@ -27,7 +27,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-VERSION = "8.17.0"
+#: the version the fake claims; elasticsearch-py 9 sends `compatible-with=9`, which only a 9.x server accepts
+VERSION = "9.1.0"
+_COMPAT = re.compile(r"compatible-with=(\d+)")
 _NUMERIC_TYPES = {"long", "integer", "short", "byte", "double", "float", "half_float", "scaled_float"}
 _INTEGER_TYPES = {"long", "integer", "short", "byte"}
 _FLOAT_TYPES = {"double", "float", "half_float", "scaled_float"}
@@ -59,7 +61,9 @@ class _Index:
 class FakeElasticsearch:
     """The in-memory cluster state plus the HTTP server; `start()` binds 127.0.0.1 on `port` (0: free)."""
 
-    def __init__(self, port: int = 0) -> None:
+    def __init__(self, port: int = 0, version: str = VERSION) -> None:
+        self.version = version
+        self.major_version = int(version.split(".")[0])
         self._lock = threading.RLock()
         self.templates: dict[str, dict[str, Any]] = {}
         self.indices: dict[str, _Index] = {}
@@ -539,6 +543,15 @@ def _handler_for(cluster: FakeElasticsearch) -> type[BaseHTTPRequestHandler]:
                     self._control(method, path, raw)
                     return
                 cluster.last_headers = {key.lower(): value for key, value in self.headers.items()}
+                for header in ("accept", "content-type"):
+                    wanted = _COMPAT.search(cluster.last_headers.get(header, ""))
+                    if wanted and not cluster.major_version - 1 <= int(wanted.group(1)) <= cluster.major_version:
+                        self._send(400, {"error": {
+                            "type": "media_type_header_exception",
+                            "reason": f"Invalid media-type value on headers [{header}]: compatible-with="
+                                      f"{wanted.group(1)} is not supported by version {cluster.version}"},
+                            "status": 400})
+                        return
                 faults = cluster.note_request(path)
                 if faults is not None:
                     if faults.delay_seconds > 0:
@@ -559,7 +572,7 @@ def _handler_for(cluster: FakeElasticsearch) -> type[BaseHTTPRequestHandler]:
             if not segments:
                 self._send(200, {
                     "name": "fake-node", "cluster_name": "fake", "cluster_uuid": "fake-cluster",
-                    "version": {"number": VERSION, "build_flavor": "default", "lucene_version": "9.12.0",
+                    "version": {"number": cluster.version, "build_flavor": "default", "lucene_version": "9.12.0",
                                 "minimum_wire_compatibility_version": "7.17.0",
                                 "minimum_index_compatibility_version": "7.0.0"},
                     "tagline": "You Know, for Search"})
@@ -666,8 +679,9 @@ def _handler_for(cluster: FakeElasticsearch) -> type[BaseHTTPRequestHandler]:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="fake Elasticsearch on 127.0.0.1 for tests")
     parser.add_argument("--port", type=int, default=0, help="TCP port (0: a free one)")
+    parser.add_argument("--version", default=VERSION, help=f"version to claim (default {VERSION})")
     args = parser.parse_args(argv)
-    cluster = FakeElasticsearch(args.port)
+    cluster = FakeElasticsearch(args.port, args.version)
     print(f"fake elasticsearch listening on {cluster.url}", flush=True)
     try:
         cluster._server.serve_forever()
