@@ -34,6 +34,7 @@ from dsagent.samples import Sample, make_labels
 log = logging.getLogger(__name__)
 
 ENGINE_LOG_MAX_BYTES = 50 * 1024 * 1024
+PROGRESS_LOG_SECONDS = 10.0  # "still waiting" lines while the engine loads
 EXIT_POLL_SECONDS = 0.5  # how soon a crashed engine is noticed (cheap: one waitpid per poll)
 
 
@@ -269,8 +270,14 @@ class EngineSupervisor:
             with self._lock:
                 self._process = process
             deadline = time.monotonic() + self.config.demo_model_timeout_seconds
+            started = time.monotonic()
+            next_progress = started + PROGRESS_LOG_SECONDS
             while process.poll() is None and not self._stop.is_set() and time.monotonic() < deadline:
                 time.sleep(0.2)
+                if time.monotonic() >= next_progress:
+                    log.info("still generating the demo model (%.0f s; progress in %s)",
+                             time.monotonic() - started, self.log_path)
+                    next_progress += PROGRESS_LOG_SECONDS
             if process.poll() is None:
                 process.kill()
                 process.wait()
@@ -321,9 +328,15 @@ class EngineSupervisor:
         return process
 
     def _wait_until_ready(self, process: subprocess.Popen[bytes], client: httpx.Client) -> tuple[bool, str]:
-        deadline = time.monotonic() + self.config.readiness_timeout_seconds
+        started = time.monotonic()
+        deadline = started + self.config.readiness_timeout_seconds
+        next_progress = started + PROGRESS_LOG_SECONDS
         reason = "not probed yet"
         while not self._stop.is_set():
+            if time.monotonic() >= next_progress:
+                log.info("engine not ready yet after %.0f s (%s); waiting up to %g s", time.monotonic() - started,
+                         reason, self.config.readiness_timeout_seconds)
+                next_progress += PROGRESS_LOG_SECONDS
             code = process.poll()
             if code is not None:
                 return False, f"exited with code {code} before becoming ready"
