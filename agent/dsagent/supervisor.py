@@ -313,7 +313,23 @@ class EngineSupervisor:
                 pass
         self.pid_path.unlink(missing_ok=True)
 
+    def _warn_if_port_taken(self) -> None:
+        """A busy engine port makes every start fail the same way; say so plainly once per start."""
+        if self.engine.kind != "builtin":
+            return
+        import socket
+
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((self.engine.host, self.engine.port))
+            except OSError as exc:
+                log.warning("engine port %s:%d is already in use (%s): the engine will fail to start; stop the "
+                            "other process or set engine.port / --engine-port", self.engine.host, self.engine.port,
+                            exc.strerror or exc)
+
     def _spawn(self) -> subprocess.Popen[bytes]:
+        self._warn_if_port_taken()
         command = self._command()
         log.info("starting engine: %s (output -> %s)", " ".join(command), self.log_path)
         with self._open_log() as log_file:

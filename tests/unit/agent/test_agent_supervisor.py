@@ -179,3 +179,25 @@ def test_spawn_failure_counts_toward_the_crash_loop(tmp_path: Path) -> None:
         assert wait_for(lambda: sup.state == EngineState.CRASH_LOOP)
     finally:
         sup.stop()
+
+
+def test_busy_engine_port_is_reported_before_the_start_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    import socket
+
+    monkeypatch.setattr(supervisor_module, "sidecar_command", lambda: [sys.executable, "-c", "raise SystemExit(1)"])
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        model = tmp_path / "model"
+        model.mkdir()
+        sup = EngineSupervisor(EngineConfig(kind="builtin", port=port, model=model),
+                               fast_supervision(crash_loop_limit=1), tmp_path)
+        with caplog.at_level("WARNING", logger="dsagent.supervisor"):
+            sup.start()
+            try:
+                assert wait_for(lambda: sup.state == EngineState.CRASH_LOOP)
+            finally:
+                sup.stop()
+    assert f"engine port 127.0.0.1:{port} is already in use" in caplog.text
