@@ -312,7 +312,7 @@ class Agent:
             "engine": engine,
             "gpus": self._gpu_status(),
             "slo": self.request_stats.snapshot(now),
-            "sources": {name: {"ok": error is None, "error": error} for name, error in self._health.errors.items()},
+            "sources": {name: {"ok": error is None, "error": error} for name, error in dict(self._health.errors).items()},
             "export": self._safe_pipeline_stats(),
             "store": self.store.stats(),
             "actions": list(self.recent_actions[-10:]),
