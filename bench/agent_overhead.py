@@ -220,9 +220,14 @@ def main() -> int:
             "window_seconds": seconds,
             "requests_ok": counts["ok"],
         }
-        env_info = {"python": platform.python_version(), "machine": platform.machine(),
-                    "cpu_count": os.cpu_count(), "platform": platform.platform()}
-        args.json.write_text(json.dumps({"figures": figures, "env": env_info}, indent=2))
+        try:  # the shared writer (same env block as every benchmark) when bench/common.py is present
+            from bench.common import write_json
+        except ImportError:
+            env_info = {"python": platform.python_version(), "machine": platform.machine(),
+                        "cpu_count": os.cpu_count(), "platform": platform.platform()}
+            args.json.write_text(json.dumps({"figures": figures, "env": env_info}, indent=2))
+        else:
+            write_json(args.json, figures)
         print(f"wrote {args.json}")
     return 0
 
