@@ -67,6 +67,9 @@ class ModelRunner:
         else:
             self.kv_cache = torch.zeros(shape, dtype=kv_dtype, device=self.device)
         self.num_blocks = num_blocks
+        # decode attention runs in up to this many length buckets of at least this many rows
+        self.max_decode_groups = 4
+        self.min_decode_group_rows = 8
 
     @property
     def kv_cache_bytes(self) -> int:
@@ -133,20 +136,30 @@ class ModelRunner:
         return self._to_device(input_ids), positions_t, meta, last_index
 
     def prepare_decode(self, seqs: list[Sequence]) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
+        """Inputs for one decode token per sequence. `seqs` should be sorted by length (compute_logits
+        does it) so rows can be grouped into a few length buckets, each padded only to its own max."""
+        batch = len(seqs)
         input_ids = self._to_device([seq.token_ids[-1] for seq in seqs])
-        context_lens = self._to_device([len(seq.token_ids) for seq in seqs])
+        context_lens_list = [len(seq.token_ids) for seq in seqs]
+        context_lens = self._to_device(context_lens_list)
         positions = context_lens - 1
         block_tables = self._block_tables(seqs)
-        rows = torch.arange(len(seqs), device=self.device)
+        rows = torch.arange(batch, device=self.device)
         slot_mapping = block_tables[rows, positions // self.block_size] * self.block_size + positions % self.block_size
-        key_positions = torch.arange(block_tables.shape[1] * self.block_size, device=self.device)
-        attn_mask = self._additive_mask((key_positions.unsqueeze(0) < context_lens.unsqueeze(1)).view(len(seqs), 1, 1, -1))
+        num_groups = max(1, min(self.max_decode_groups, batch // self.min_decode_group_rows))
+        groups: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []
+        bounds = [round(i * batch / num_groups) for i in range(num_groups + 1)]
+        for start, end in zip(bounds[:-1], bounds[1:], strict=True):
+            width = max(len(seq.block_table) for seq in seqs[start:end])
+            key_positions = torch.arange(width * self.block_size, device=self.device)
+            allowed = (key_positions.unsqueeze(0) < context_lens[start:end].unsqueeze(1)).view(end - start, 1, 1, -1)
+            groups.append((start, end, block_tables[start:end, :width], self._additive_mask(allowed)))
         meta = AttentionMetadata(
             is_prefill=False,
             slot_mapping=slot_mapping,
-            num_seqs=len(seqs),
+            num_seqs=batch,
             block_tables=block_tables,
-            attn_mask=attn_mask,
+            decode_groups=groups,
         )
         return input_ids, positions, meta
 
@@ -158,8 +171,14 @@ class ModelRunner:
             hidden = self.forward(input_ids, positions, self.kv_cache, meta)
             hidden = hidden.index_select(0, last_index)
         else:
-            input_ids, positions, meta = self.prepare_decode(seqs)
+            order = sorted(range(len(seqs)), key=lambda i: len(seqs[i].token_ids))
+            input_ids, positions, meta = self.prepare_decode([seqs[i] for i in order])
             hidden = self.forward(input_ids, positions, self.kv_cache, meta)
+            if order != sorted(order):
+                inverse = [0] * len(order)
+                for sorted_row, original_row in enumerate(order):
+                    inverse[original_row] = sorted_row
+                hidden = hidden.index_select(0, self._to_device(inverse))
         logits: torch.Tensor = self.model.compute_logits(hidden)  # type: ignore[operator]
         return logits.float()
 

@@ -34,6 +34,9 @@ class AttentionMetadata:
     # prefill with context, and decode
     block_tables: torch.Tensor | None = None  # [B, max_blocks] int64 (padding points at block 0)
     attn_mask: torch.Tensor | None = None  # additive (0 or -inf), [B, 1, Lq, Lk]
+    # decode only: rows [start, end) sorted by context length, each with its own (narrower) block
+    # tables and mask, so short sequences do not pay for the longest one's padding
+    decode_groups: list[tuple[int, int, torch.Tensor, torch.Tensor]] | None = None
 
     @property
     def reads_pool(self) -> bool:
@@ -73,10 +76,18 @@ def paged_attention(
 
     if not meta.is_prefill:
         # decode: fold the heads sharing a KV head into the query axis: [B, kv_heads, group, head_dim]
-        keys, values = gather_kv(kv_layer, meta.block_tables)  # type: ignore[arg-type]
         q4 = q.view(num_tokens, num_kv_heads, group, head_dim)
-        out = F.scaled_dot_product_attention(q4, keys, values, attn_mask=meta.attn_mask, scale=scale)
-        return out.reshape(num_tokens, num_heads * head_dim)
+        if meta.decode_groups is None:
+            keys, values = gather_kv(kv_layer, meta.block_tables)  # type: ignore[arg-type]
+            out = F.scaled_dot_product_attention(q4, keys, values, attn_mask=meta.attn_mask, scale=scale)
+            return out.reshape(num_tokens, num_heads * head_dim)
+        out = q4.new_empty(q4.shape)
+        for start, end, block_tables, attn_mask in meta.decode_groups:
+            keys, values = gather_kv(kv_layer, block_tables)
+            out[start:end] = F.scaled_dot_product_attention(
+                q4[start:end], keys, values, attn_mask=attn_mask, scale=scale
+            )
+        return out.view(num_tokens, num_heads * head_dim)
 
     batch, max_len = meta.num_seqs, meta.max_query_len
     if batch == 1 and not meta.reads_pool:

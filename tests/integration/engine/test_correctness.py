@@ -103,11 +103,16 @@ def test_greedy_output_equals_hf_generate_alone(checkpoint_dir: Path) -> None:
         {},  # everything in one prefill step, then batched decode
         {"max_num_batched_tokens": 16, "max_batch_size": 2},  # chunked prompts, small batches
         {"kv_cache_blocks": 26, "enable_prefix_caching": False},  # tiny pool: preemption + recompute
+        {"decode_group_rows": 1},  # decode attention split into length buckets (rows re-sorted)
     ],
-    ids=["plain", "chunked", "preempting"],
+    ids=["plain", "chunked", "preempting", "bucketed"],
 )
 def test_greedy_output_equals_hf_generate_batched(qwen2_checkpoint_dir: Path, overrides: dict[str, object]) -> None:
+    overrides = dict(overrides)
+    group_rows = overrides.pop("decode_group_rows", None)
     engine = make_engine(qwen2_checkpoint_dir, **overrides)
+    if group_rows is not None:
+        engine.runner.min_decode_group_rows = int(group_rows)  # type: ignore[call-overload]
     model = hf_model(qwen2_checkpoint_dir)
     assert engine.tokenizer is not None
     prompts = [engine.tokenizer.encode(text) for text in PROMPTS]
