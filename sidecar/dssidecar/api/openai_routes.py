@@ -24,11 +24,17 @@ from starlette.types import Receive, Scope, Send
 from dssidecar.api.errors import APIError, bad_request, error_body, unavailable
 from dssidecar.api.generation import ClientGone, GenerationJob, ServingState, cancel_on_disconnect
 from dssidecar.api.openai_models import (
+    AssistantMessage,
+    ChatChoice,
     ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionChoice,
     CompletionRequest,
+    CompletionResponse,
     ModelCard,
     ModelList,
     SamplingFields,
+    Usage,
 )
 from dssidecar.api.request_telemetry import RequestRecord
 from dssidecar.engine.protocol import EngineError, RequestOutput, SamplingParams
@@ -303,34 +309,16 @@ async def _run(request: Request, job: GenerationJob, kind: str, include_usage: b
         raise
     await job.close()
     finish_reason = job.finish_reason or "abort"
-    created = int(time.time())
-    body: dict[str, Any]
+    usage = Usage(**_usage(job))
+    body: ChatCompletionResponse | CompletionResponse
     if kind == "chat":
-        body = {
-            "id": job.request_id,
-            "object": "chat.completion",
-            "created": created,
-            "model": job.state.model_name,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text},
-                    "logprobs": None,
-                    "finish_reason": finish_reason,
-                }
-            ],
-            "usage": _usage(job),
-        }
+        message = AssistantMessage(content=text)
+        choice = ChatChoice(message=message, finish_reason=finish_reason)
+        body = ChatCompletionResponse(id=job.request_id, model=job.state.model_name, choices=[choice], usage=usage)
     else:
-        body = {
-            "id": job.request_id,
-            "object": "text_completion",
-            "created": created,
-            "model": job.state.model_name,
-            "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}],
-            "usage": _usage(job),
-        }
-    return JSONResponse(body, headers={"X-Request-Id": job.request_id})
+        completion_choice = CompletionChoice(text=text, finish_reason=finish_reason)
+        body = CompletionResponse(id=job.request_id, model=job.state.model_name, choices=[completion_choice], usage=usage)
+    return JSONResponse(body.model_dump(exclude_none=False), headers={"X-Request-Id": job.request_id})
 
 
 def _refuse(state: ServingState, record: RequestRecord, error: APIError) -> APIError:
