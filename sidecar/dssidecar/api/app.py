@@ -35,6 +35,11 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
+@health_router.get("/version")
+async def version() -> dict[str, str]:
+    return {"version": dssidecar.__version__}
+
+
 @health_router.get("/readyz", response_model=None)
 async def readyz(request: Request) -> JSONResponse:
     """Readiness: 200 only when the model is loaded, the engine loop alive and the server not draining."""

@@ -365,3 +365,17 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
 async def list_models(request: Request) -> ModelList:
     state = serving_state(request)
     return ModelList(data=[ModelCard(id=state.model_name, max_model_len=state.engine.max_model_len)])
+
+
+@router.get("/v1/models/{model_id:path}", response_model=ModelCard)
+async def retrieve_model(model_id: str, request: Request) -> ModelCard:
+    state = serving_state(request)
+    if model_id != state.model_name:
+        raise APIError(
+            404,
+            f"the model {model_id!r} does not exist; this server serves {state.model_name!r}",
+            error_type="not_found_error",
+            param="model",
+            code="model_not_found",
+        )
+    return ModelCard(id=state.model_name, max_model_len=state.engine.max_model_len)

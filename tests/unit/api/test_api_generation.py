@@ -152,3 +152,10 @@ async def test_models_lists_the_served_model(client: httpx.AsyncClient) -> None:
     assert body["object"] == "list"
     assert [m["id"] for m in body["data"]] == [MODEL]
     assert body["data"][0]["object"] == "model" and body["data"][0]["max_model_len"] == 512
+
+
+async def test_retrieve_one_model_and_version(client: httpx.AsyncClient) -> None:
+    assert (await client.get(f"/v1/models/{MODEL}")).json()["id"] == MODEL
+    missing = await client.get("/v1/models/other")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
+    assert (await client.get("/version")).json()["version"]
