@@ -413,7 +413,8 @@ class EngineSupervisor:
         self.starts_total += 1
         ready, reason = self._wait_until_ready(process, client)
         if not ready:
-            if self._stop.is_set():
+            if self._stop.is_set():  # stop() may have looked before _process was set: drain here too
+                drain_process(process, self.config.drain_grace_seconds)
                 return
             log.warning("engine did not become ready: %s", reason)
             drain_process(process, self.config.drain_grace_seconds)
@@ -425,6 +426,7 @@ class EngineSupervisor:
         while not self._stop.is_set() and process.poll() is None:
             self._stop.wait(EXIT_POLL_SECONDS)
         if self._stop.is_set():
+            drain_process(process, self.config.drain_grace_seconds)
             return
         self.last_exit_code = process.returncode
         if time.monotonic() - ready_at >= self.config.stable_after_seconds:
