@@ -88,8 +88,6 @@ class LLMEngine:
         self.step_hooks: list[Callable[[], None]] = []
         self.oom_guard = OomGuard(FaultInjector.from_env())
         self._current_batch: ScheduledBatch | None = None
-        # called on the engine thread before every step (e.g. the KV pool resizer's on_step)
-        self.step_hooks: list[Callable[[], None]] = []
         # counters for /metrics
         self.steps_total = 0
         self.prompt_tokens_total = 0
@@ -287,8 +285,6 @@ class LLMEngine:
     # ---- the step -------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
         self._apply_pending_runner()
-        for hook in self.step_hooks:
-            hook()
         for hook in self.step_hooks:
             hook()
         batch = self.scheduler.schedule()
