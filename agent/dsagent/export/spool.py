@@ -5,14 +5,22 @@ documents here in one transaction (committed = durable, even across SIGKILL); a 
 them back in append order and deletes them only after the destination acknowledged them. Past the disk
 quota the oldest *metric* documents are dropped and counted; request and action records are never
 dropped (the spool then grows past its quota rather than lose them).
+
+Documents are stored in chunks, one row per run of same-kind documents of one append (up to
+MAX_CHUNK_DOCUMENTS): a row per document costs SQLite more than serializing the document did, and the
+hot paths (append, read a batch, acknowledge it) then touch a few rows instead of thousands. A document
+keeps its position `seq = chunk_id << 20 | index` for its whole life, also when an acknowledgement of
+part of a chunk rewrites that chunk with the rest. The quota drops whole metric chunks, oldest first.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import struct
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import groupby
 from pathlib import Path
 
 #: document kinds; only METRIC may be dropped to honour the quota.
@@ -22,21 +30,23 @@ ACTION = "action"
 LOG = "log"  # an encoded batch of log records (OTLP): never dropped
 KINDS = frozenset({METRIC, REQUEST, ACTION, LOG})
 
-#: bytes counted per row beyond its payload (ids, stream, sqlite row overhead); an estimate.
+#: bytes counted per document beyond its payload (id, stream, bookkeeping); an estimate for the quota.
 ROW_OVERHEAD_BYTES = 64
+MAX_CHUNK_DOCUMENTS = 10_000
+_INDEX_BITS = 20
+_INDEX_MASK = (1 << _INDEX_BITS) - 1
+_MAGIC = b"DSP1"
+_HEAD = struct.Struct("<4sI")  # magic, document count; then 4 uint32 per document, then the bytes
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS documents (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+CREATE TABLE IF NOT EXISTS chunks (
+    chunk_id INTEGER PRIMARY KEY AUTOINCREMENT,
     kind TEXT NOT NULL,
-    stream TEXT NOT NULL,
-    doc_id TEXT NOT NULL,
+    documents INTEGER NOT NULL,
     size_bytes INTEGER NOT NULL,
     payload BLOB NOT NULL
 );
 """
-# No index on kind: the quota path walks the table in seq order and stops as soon as it freed enough;
-# an index would slow every append and acknowledgement, the hot path, for the rare drop.
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,41 @@ class SpoolEntry:
     payload: bytes
 
 
+def document_size_bytes(stream: str, doc_id: str, payload: bytes) -> int:
+    return len(payload) + len(stream) + len(doc_id) + ROW_OVERHEAD_BYTES
+
+
+def encode_chunk(documents: Sequence[tuple[int, str, str, bytes]]) -> bytes:
+    """(index, stream, doc_id, payload) documents as one blob: header, lengths table, then the bytes."""
+    lengths: list[int] = []
+    parts: list[bytes] = [b""]
+    for index, stream, doc_id, payload in documents:
+        stream_bytes, id_bytes = stream.encode(), doc_id.encode()
+        lengths += (index, len(stream_bytes), len(id_bytes), len(payload))
+        parts += (stream_bytes, id_bytes, payload)
+    parts[0] = _HEAD.pack(_MAGIC, len(documents)) + struct.pack(f"<{len(lengths)}I", *lengths)
+    return b"".join(parts)
+
+
+def decode_chunk(blob: bytes) -> list[tuple[int, str, str, bytes]]:
+    magic, count = _HEAD.unpack_from(blob, 0)
+    if magic != _MAGIC:
+        raise ValueError(f"spool chunk starts with {magic!r}, expected {_MAGIC!r}: not a dsagent spool chunk")
+    lengths = struct.unpack_from(f"<{4 * count}I", blob, _HEAD.size)
+    offset = _HEAD.size + 16 * count
+    documents = []
+    view = memoryview(blob)
+    for number in range(count):
+        index, stream_length, id_length, payload_length = lengths[4 * number : 4 * number + 4]
+        stream_end = offset + stream_length
+        id_end = stream_end + id_length
+        payload_end = id_end + payload_length
+        documents.append((index, str(view[offset:stream_end], "utf-8"), str(view[stream_end:id_end], "utf-8"),
+                          bytes(view[id_end:payload_end])))
+        offset = payload_end
+    return documents
+
+
 class Spool:
     """One SQLite file; safe to share between an appending thread and a draining thread."""
 
@@ -76,9 +121,7 @@ class Spool:
         # only a power loss may roll back the last transactions.
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
-        row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size_bytes), 0) FROM documents").fetchone()
-        self._depth_documents = int(row[0])
-        self._size_bytes = int(row[1])
+        self._recount_locked()
         self.dropped_metric_documents = 0
         self.over_quota_appends = 0
         self._closed = False
@@ -88,24 +131,25 @@ class Spool:
         """Append in order, in one transaction; then enforce the quota by dropping oldest metrics."""
         if not records:
             return
-        rows = []
-        added_bytes = 0
-        for record in records:
-            if record.kind not in KINDS:
-                raise ValueError(f"spool record kind {record.kind!r} is not one of {sorted(KINDS)}")
-            size = len(record.payload) + len(record.stream) + len(record.doc_id) + ROW_OVERHEAD_BYTES
-            added_bytes += size
-            rows.append((record.kind, record.stream, record.doc_id, size, record.payload))
+        chunks: list[tuple[str, int, int, bytes]] = []
+        for kind, run in groupby(records, key=lambda record: record.kind):
+            if kind not in KINDS:
+                raise ValueError(f"spool record kind {kind!r} is not one of {sorted(KINDS)}")
+            same_kind = list(run)
+            for start in range(0, len(same_kind), MAX_CHUNK_DOCUMENTS):
+                part = same_kind[start : start + MAX_CHUNK_DOCUMENTS]
+                size = sum(document_size_bytes(r.stream, r.doc_id, r.payload) for r in part)
+                blob = encode_chunk([(index, r.stream, r.doc_id, r.payload) for index, r in enumerate(part)])
+                chunks.append((kind, len(part), size, blob))
         with self._lock:
             self._check_open()
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._db.executemany(
-                    "INSERT INTO documents (kind, stream, doc_id, size_bytes, payload) VALUES (?, ?, ?, ?, ?)",
-                    rows,
+                    "INSERT INTO chunks (kind, documents, size_bytes, payload) VALUES (?, ?, ?, ?)", chunks
                 )
-                self._size_bytes += added_bytes
-                self._depth_documents += len(rows)
+                self._size_bytes += sum(chunk[2] for chunk in chunks)
+                self._depth_documents += sum(chunk[1] for chunk in chunks)
                 if self._size_bytes > self.max_bytes:
                     self._drop_oldest_metrics_locked(self._size_bytes - self.max_bytes)
                 self._db.execute("COMMIT")
@@ -117,66 +161,86 @@ class Spool:
     def _drop_oldest_metrics_locked(self, excess_bytes: int) -> None:
         freed = 0
         dropped = 0
-        last_seq = None
+        doomed: list[int] = []
         cursor = self._db.execute(
-            "SELECT seq, size_bytes FROM documents WHERE kind = ? ORDER BY seq", (METRIC,)
+            "SELECT chunk_id, documents, size_bytes FROM chunks WHERE kind = ? ORDER BY chunk_id", (METRIC,)
         )
-        for seq, size in cursor:
+        for chunk_id, documents, size in cursor:
+            doomed.append(chunk_id)
             freed += size
-            dropped += 1
-            last_seq = seq
+            dropped += documents
             if freed >= excess_bytes:
                 break
         cursor.close()
-        if last_seq is not None:
-            self._db.execute("DELETE FROM documents WHERE kind = ? AND seq <= ?", (METRIC, last_seq))
-            self._size_bytes -= freed
-            self._depth_documents -= dropped
-            self.dropped_metric_documents += dropped
+        self._db.executemany("DELETE FROM chunks WHERE chunk_id = ?", [(chunk_id,) for chunk_id in doomed])
+        self._size_bytes -= freed
+        self._depth_documents -= dropped
+        self.dropped_metric_documents += dropped
         if freed < excess_bytes:
             self.over_quota_appends += 1
 
     # -- draining ------------------------------------------------------------------------------
     def peek(self, limit: int) -> list[SpoolEntry]:
         """The oldest `limit` documents, in append order, without removing them."""
+        entries: list[SpoolEntry] = []
         with self._lock:
             self._check_open()
-            rows = self._db.execute(
-                "SELECT seq, kind, stream, doc_id, payload FROM documents ORDER BY seq LIMIT ?", (limit,)
-            ).fetchall()
-        return [SpoolEntry(seq, kind, stream, doc_id, payload) for seq, kind, stream, doc_id, payload in rows]
+            cursor = self._db.execute("SELECT chunk_id, kind, payload FROM chunks ORDER BY chunk_id")
+            for chunk_id, kind, blob in cursor:
+                base = chunk_id << _INDEX_BITS
+                for index, stream, doc_id, payload in decode_chunk(blob):
+                    entries.append(SpoolEntry(base | index, kind, stream, doc_id, payload))
+                    if len(entries) >= limit:
+                        break
+                if len(entries) >= limit:
+                    break
+            cursor.close()
+        return entries
 
     def ack(self, seqs: Iterable[int]) -> int:
         """Delete acknowledged documents; returns how many were still present."""
-        seq_list = sorted(set(seqs))
-        if not seq_list:
+        by_chunk: dict[int, set[int]] = {}
+        for seq in seqs:
+            by_chunk.setdefault(seq >> _INDEX_BITS, set()).add(seq & _INDEX_MASK)
+        if not by_chunk:
             return 0
+        removed_documents = 0
+        removed_bytes = 0
         with self._lock:
             self._check_open()
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                removed_sizes: list[int] = []
-                if seq_list[-1] - seq_list[0] + 1 == len(seq_list):  # contiguous: the common case
-                    removed_sizes = [row[0] for row in self._db.execute(
-                        "DELETE FROM documents WHERE seq BETWEEN ? AND ? RETURNING size_bytes",
-                        (seq_list[0], seq_list[-1]),
-                    )]
-                    seq_list = []
-                for start in range(0, len(seq_list), 500):
-                    chunk = seq_list[start : start + 500]
-                    marks = ",".join("?" * len(chunk))
-                    removed_sizes.extend(row[0] for row in self._db.execute(
-                        f"DELETE FROM documents WHERE seq IN ({marks}) RETURNING size_bytes", chunk
-                    ))
-                removed_docs, removed_bytes = len(removed_sizes), sum(removed_sizes)
+                for chunk_id, indexes in by_chunk.items():
+                    row = self._db.execute(
+                        "SELECT documents, size_bytes, payload FROM chunks WHERE chunk_id = ?", (chunk_id,)
+                    ).fetchone()
+                    if row is None:
+                        continue  # dropped by the quota meanwhile
+                    documents, size, blob = row
+                    kept = [document for document in decode_chunk(blob) if document[0] not in indexes]
+                    gone = documents - len(kept)
+                    if not kept:
+                        self._db.execute("DELETE FROM chunks WHERE chunk_id = ?", (chunk_id,))
+                        freed = size
+                    elif gone:
+                        kept_size = sum(document_size_bytes(s, i, p) for _, s, i, p in kept)
+                        self._db.execute(
+                            "UPDATE chunks SET documents = ?, size_bytes = ?, payload = ? WHERE chunk_id = ?",
+                            (len(kept), kept_size, encode_chunk(kept), chunk_id),
+                        )
+                        freed = size - kept_size
+                    else:
+                        continue
+                    removed_documents += gone
+                    removed_bytes += freed
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 self._recount_locked()
                 raise
-            self._depth_documents -= removed_docs
+            self._depth_documents -= removed_documents
             self._size_bytes -= removed_bytes
-            return removed_docs
+        return removed_documents
 
     # -- state ---------------------------------------------------------------------------------
     @property
@@ -194,8 +258,8 @@ class Spool:
                 self._db.close()
 
     def _recount_locked(self) -> None:
-        row = self._db.execute("SELECT COUNT(*), COALESCE(SUM(size_bytes), 0) FROM documents").fetchone()
-        self._depth_documents, self._size_bytes = int(row[0]), int(row[1])
+        row = self._db.execute("SELECT COALESCE(SUM(documents), 0), COALESCE(SUM(size_bytes), 0) FROM chunks")
+        self._depth_documents, self._size_bytes = (int(value) for value in row.fetchone())
 
     def _check_open(self) -> None:
         if self._closed:

@@ -99,9 +99,12 @@ def _run_worker(data_dir: Path, url: str, *extra: str) -> subprocess.Popen[str]:
 
 
 def _kill(worker: subprocess.Popen[str]) -> list[str]:
+    """SIGKILL, then the lines it printed that were not read yet (read through the same buffered file:
+    communicate() with a timeout would read the raw pipe and miss lines already buffered here)."""
     os.kill(worker.pid, signal.SIGKILL)
-    rest, _ = worker.communicate(timeout=10)
-    return rest.splitlines()
+    worker.wait(10)
+    assert worker.stdout is not None
+    return worker.stdout.read().splitlines()
 
 
 @pytest.mark.slow

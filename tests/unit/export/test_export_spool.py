@@ -10,7 +10,17 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from dsagent.export.spool import ACTION, METRIC, REQUEST, ROW_OVERHEAD_BYTES, Spool, SpoolRecord
+from dsagent.export.spool import (
+    ACTION,
+    MAX_CHUNK_DOCUMENTS,
+    METRIC,
+    REQUEST,
+    ROW_OVERHEAD_BYTES,
+    Spool,
+    SpoolRecord,
+    decode_chunk,
+    encode_chunk,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -52,7 +62,8 @@ def test_documents_survive_closing_and_reopening(tmp_path: Path) -> None:
 def test_quota_drops_oldest_metrics_and_counts_them(tmp_path: Path) -> None:
     row_bytes = 100 + len("stream") + len("id-00") + ROW_OVERHEAD_BYTES
     spool = Spool(tmp_path / "s.sqlite3", max_bytes=row_bytes * 5)
-    spool.append([SpoolRecord(METRIC, "stream", f"id-{i:02d}", b"m" * 100) for i in range(5)])
+    for i in range(5):  # one export each, like five collection ticks
+        spool.append([SpoolRecord(METRIC, "stream", f"id-{i:02d}", b"m" * 100)])
     spool.append([SpoolRecord(REQUEST, "stream", f"id-{i:02d}", b"r" * 100) for i in range(5, 8)])
     ids = [entry.doc_id for entry in spool.peek(100)]
     assert ids == ["id-03", "id-04", "id-05", "id-06", "id-07"]
@@ -125,3 +136,52 @@ def test_unknown_kind_is_rejected_with_the_valid_ones(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "s.sqlite3", max_bytes=1000)
     with pytest.raises(ValueError, match="'trace'.*metric"):
         spool.append([SpoolRecord("trace", "s", "1", b"x")])
+
+
+def test_quota_drops_a_whole_metric_export_at_once(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.sqlite3", max_bytes=1000)
+    spool.append([record(METRIC, i, 50) for i in range(5)])  # one export: one chunk of 5
+    spool.append([record(REQUEST, 9, 600)])
+    assert [entry.doc_id for entry in spool.peek(10)] == ["id-9"]
+    assert spool.dropped_metric_documents == 5
+
+
+def test_partial_ack_keeps_the_rest_with_unchanged_positions(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.sqlite3", max_bytes=10**9)
+    spool.append([record(REQUEST, i) for i in range(6)])
+    first = spool.peek(4)  # cuts the chunk
+    assert [entry.doc_id for entry in first] == ["id-0", "id-1", "id-2", "id-3"]
+    assert spool.ack([first[0].seq, first[2].seq]) == 2
+    again = spool.peek(10)
+    assert [entry.doc_id for entry in again] == ["id-1", "id-3", "id-4", "id-5"]
+    assert again[0].seq == first[1].seq and again[1].seq == first[3].seq
+    assert spool.ack([first[0].seq]) == 0  # already gone
+    assert spool.ack(entry.seq for entry in again) == 4
+    assert spool.depth_documents == 0 and spool.size_bytes == 0
+
+
+def test_mixed_kinds_in_one_append_keep_their_order_and_kinds(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.sqlite3", max_bytes=10**9)
+    kinds = [METRIC, METRIC, REQUEST, METRIC, ACTION]
+    spool.append([record(kind, i) for i, kind in enumerate(kinds)])
+    assert [(entry.doc_id, entry.kind) for entry in spool.peek(10)] == [(f"id-{i}", k) for i, k in enumerate(kinds)]
+
+
+def test_large_appends_are_split_into_bounded_chunks(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.sqlite3", max_bytes=10**9)
+    count = MAX_CHUNK_DOCUMENTS + 5
+    spool.append([SpoolRecord(METRIC, "s", str(i), b"") for i in range(count)])
+    entries = spool.peek(count + 1)
+    assert len(entries) == count and entries[-1].doc_id == str(count - 1)
+    assert len({entry.seq >> 20 for entry in entries}) == 2
+
+
+@given(st.lists(st.tuples(st.integers(0, 2**20 - 1), st.text(max_size=20), st.text(max_size=40),
+                          st.binary(max_size=200)), max_size=30))
+def test_chunk_encoding_round_trips(documents: list[tuple[int, str, str, bytes]]) -> None:
+    assert decode_chunk(encode_chunk(documents)) == documents
+
+
+def test_a_foreign_blob_is_refused_by_name() -> None:
+    with pytest.raises(ValueError, match="not a dsagent spool chunk"):
+        decode_chunk(b"XXXX\x00\x00\x00\x00")
