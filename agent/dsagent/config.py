@@ -39,6 +39,17 @@ ENV_ALIASES: dict[str, str] = {
     "DSAGENT_ENGINE_URL": "engine.url",
     "DSAGENT_LOG_LEVEL": "log_level",
 }
+# dotted config key -> the `dsagent run` flag that sets it (for error messages)
+FLAG_NAMES: dict[str, str] = {
+    "export.elasticsearch.url": "--elasticsearch-url",
+    "engine.port": "--engine-port",
+    "engine.model": "--model",
+    "engine.url": "--engine-url",
+    "engine.kind": "--engine-url",
+    "server.port": "--api-port",
+    "data_dir": "--data-dir",
+    "log_level": "--log-level",
+}
 # Environment names that are read by the CLI itself, not config keys.
 ENV_NOT_CONFIG = {"DSAGENT_CONFIG", "DSAGENT_TEST_ES_URL", "DSAGENT_TEST_MODEL_CACHE", "DSAGENT_AGENT_URL"}
 
@@ -319,7 +330,7 @@ def flags_layer(overrides: Mapping[str, Any]) -> _Layer:
             continue
         path = tuple(dotted.split("."))
         _set_path(values, path, value)
-        names[path] = f"flag --{path[-1].replace('_', '-')}"
+        names[path] = f"flag {FLAG_NAMES.get(dotted, '--' + path[-1].replace('_', '-'))}"
     values["__names__"] = names
     return _Layer("flags", values)
 

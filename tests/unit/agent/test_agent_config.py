@@ -89,7 +89,7 @@ def test_env_error_names_the_variable() -> None:
 
 
 def test_flag_error_names_the_flag() -> None:
-    with pytest.raises(ConfigError, match=r"flag --port: engine.port"):
+    with pytest.raises(ConfigError, match=r"flag --engine-port: engine.port"):
         load_config(None, environ={}, overrides={"engine.port": "eighty"})
 
 
