@@ -101,7 +101,7 @@ class Server:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log = tempfile.NamedTemporaryFile(prefix="dssidecar-overhead-", suffix=".log", delete=False)
-        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "sidecar")}
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT / "sidecar"), os.environ.get("PYTHONPATH")]))}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "dssidecar.cli", "serve", "--model", str(model_dir), "--port", str(self.port),
              "--served-model-name", "bench", "--kv-cache-blocks", str(kv_cache_blocks)],
