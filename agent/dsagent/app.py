@@ -36,6 +36,7 @@ from dsagent.supervisor import EngineState, EngineSupervisor
 log = logging.getLogger("dsagent")
 
 RECENT_REQUEST_IDS = 20_000
+SHUTDOWN_DRAIN_SECONDS = 5.0
 # pipeline.stats() fields that are levels, not cumulative counts
 EXPORT_GAUGES = {"spool_depth_documents", "spool_bytes"}
 
@@ -142,10 +143,9 @@ class Agent:
                 self.collect_once(include_sources=False)  # the last engine state and counters
             except Exception:
                 log.exception("final collection failed")
-            flushed = self.pipeline.force_flush(timeout_seconds=10)
-            if not flushed:
-                log.warning("telemetry not fully flushed within 10 s; the spool keeps the rest for next start")
-            self.pipeline.shutdown()
+            # Everything recorded is committed to the durable spool by shutdown(); waiting for remote
+            # acknowledgement is only a courtesy (a few seconds): the next start ships the rest in order.
+            self.pipeline.shutdown(drain_timeout_seconds=SHUTDOWN_DRAIN_SECONDS)
         if self.api is not None:
             self.api.stop()
         (self.data_dir / "agent.json").unlink(missing_ok=True)
