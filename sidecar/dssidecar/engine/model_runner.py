@@ -75,15 +75,21 @@ class ModelRunner:
     def kv_cache_bytes(self) -> int:
         return self.kv_cache.numel() * self.kv_cache.element_size()
 
-    def _to_device(self, values: list[int] | list[list[int]]) -> torch.Tensor:
-        tensor = torch.tensor(values, dtype=torch.int64)
+    def _move(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.device.type != "cpu":
             tensor = tensor.pin_memory().to(self.device, non_blocking=True)
         return tensor
 
-    def _block_tables(self, seqs: list[Sequence]) -> torch.Tensor:
+    def _to_device(self, values: list[int] | list[list[int]]) -> torch.Tensor:
+        return self._move(torch.tensor(values, dtype=torch.int64))
+
+    @staticmethod
+    def _block_tables_host(seqs: list[Sequence]) -> torch.Tensor:
         width = max(len(seq.block_table) for seq in seqs)
-        return self._to_device([seq.block_table + [0] * (width - len(seq.block_table)) for seq in seqs])
+        return torch.tensor([seq.block_table + [0] * (width - len(seq.block_table)) for seq in seqs], dtype=torch.int64)
+
+    def _block_tables(self, seqs: list[Sequence]) -> torch.Tensor:
+        return self._move(self._block_tables_host(seqs))
 
     def _additive_mask(self, allowed: torch.Tensor) -> torch.Tensor:
         """Bool "may attend" -> 0 / -inf in the KV dtype, built once per step (SDPA converts a bool mask
@@ -109,14 +115,16 @@ class ModelRunner:
         max_query_len = max(query_lens)
         for row, query_len in enumerate(query_lens):
             pad_index.extend(range(row * max_query_len, row * max_query_len + query_len))
-        positions_t = self._to_device(positions)
-        block_tables = self._block_tables(seqs)
-        seq_of_token = torch.repeat_interleave(
-            torch.arange(batch, device=self.device), self._to_device(query_lens)
+        # slot of each new token, computed on the host (sizes are data-dependent) and copied once
+        block_tables_host = self._block_tables_host(seqs)
+        positions_host = torch.tensor(positions, dtype=torch.int64)
+        seq_of_token = torch.repeat_interleave(torch.arange(batch), torch.tensor(query_lens))
+        slot_mapping = self._move(
+            block_tables_host[seq_of_token, positions_host // self.block_size] * self.block_size
+            + positions_host % self.block_size
         )
-        slot_mapping = block_tables[seq_of_token, positions_t // self.block_size] * self.block_size + (
-            positions_t % self.block_size
-        )
+        positions_t = self._move(positions_host)
+        block_tables = self._move(block_tables_host)
         reads_pool = any(start > 0 for start in starts)
         attn_mask = None
         if reads_pool:
