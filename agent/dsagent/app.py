@@ -37,6 +37,7 @@ log = logging.getLogger("dsagent")
 
 RECENT_REQUEST_IDS = 20_000
 SHUTDOWN_DRAIN_SECONDS = 5.0
+PARKED_SECONDS = 1e9  # a period that never comes: hands a component's own ticker over to the scheduler
 # pipeline.stats() fields that are levels, not cumulative counts
 EXPORT_GAUGES = {"spool_depth_documents", "spool_bytes"}
 
@@ -94,7 +95,10 @@ class Agent:
         from dsagent.sources.otlp_receiver import build_otlp_router
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.pipeline = TelemetryPipeline(self.config.export, self.data_dir, self._resource_attributes())
+        # The agent's scheduler owns every periodic job, so the pipeline's own metric ticker is parked and
+        # the "export" job below collects the meters (once per interval, never twice).
+        export_config = self.config.export.model_copy(update={"metric_export_interval_seconds": PARKED_SECONDS})
+        self.pipeline = TelemetryPipeline(export_config, self.data_dir, self._resource_attributes())
         self.pipeline.start()
 
         # The OTLP receiver is mounted on the agent's API (one port); sources.otlp_receiver.host/port are
@@ -120,7 +124,7 @@ class Agent:
         intervals = self.config.intervals
         self.scheduler.add_interval_job("collect", self.collect_once, intervals.collect_seconds, run_immediately=True)
         self.scheduler.add_interval_job("evaluate", self.evaluate_once, intervals.evaluate_seconds)
-        self.scheduler.add_interval_job("export", self.export_once, intervals.export_seconds)
+        self.scheduler.add_interval_job("export", self.export_once, self.config.export_interval_seconds())
         self.scheduler.start()
 
     def stop(self) -> None:
@@ -206,7 +210,7 @@ class Agent:
     def export_once(self) -> None:
         """Collect the meters into the spools now (never waits for a destination: drainers ship on their own)."""
         if self.pipeline is not None:
-            self.pipeline.collect_metrics(timeout_seconds=max(1.0, self.config.intervals.export_seconds / 2))
+            self.pipeline.collect_metrics(timeout_seconds=max(1.0, self.config.export_interval_seconds() / 2))
 
     def on_request_records(self, records: list[RequestRecord]) -> None:
         """OTLP receiver callback: the same request may come as a log and as a span; keep it once."""

@@ -168,9 +168,14 @@ class StoreConfig(_Section):
 
 
 class IntervalsConfig(_Section):
+    """Periods of the agent's scheduled jobs (all on one APScheduler, see dsagent.scheduler)."""
+
     collect_seconds: float = Field(default=1.0, gt=0)
     evaluate_seconds: float = Field(default=5.0, gt=0)
-    export_seconds: float = Field(default=10.0, gt=0)
+    export_seconds: float | None = Field(
+        default=None, gt=0,
+        description="how often meters are collected into the export spools; empty = export.metric_export_interval_seconds",
+    )
 
 
 class ServerConfig(_Section):
@@ -191,6 +196,10 @@ class AgentConfig(_Section):
     server: ServerConfig = Field(default_factory=ServerConfig)
     data_dir: Path = Field(default_factory=lambda: default_data_dir())
     log_level: str = "INFO"
+
+    def export_interval_seconds(self) -> float:
+        """The one metric-collection period: intervals.export_seconds, else the export section's."""
+        return self.intervals.export_seconds or self.export.metric_export_interval_seconds
 
     @field_validator("log_level")
     @classmethod

@@ -144,3 +144,12 @@ def test_off_and_on_stay_strings_only_true_false_are_booleans(tmp_path: Path) ->
     assert config.sources.gpu.backend == "off"
     assert config.sources.host.enabled is False and config.sources.engine.enabled is False
     assert load_config(None, environ={"DSAGENT_SOURCES__GPU__BACKEND": "off"}).sources.gpu.backend == "off"
+
+
+def test_one_export_interval_intervals_section_wins_over_export_section() -> None:
+    assert load_config(None, environ={}).export_interval_seconds() == 10.0
+    config = load_config(None, environ={"DSAGENT_EXPORT__METRIC_EXPORT_INTERVAL_SECONDS": "3"})
+    assert config.export_interval_seconds() == 3.0
+    config = load_config(None, environ={"DSAGENT_EXPORT__METRIC_EXPORT_INTERVAL_SECONDS": "3",
+                                        "DSAGENT_INTERVALS__EXPORT_SECONDS": "7"})
+    assert config.export_interval_seconds() == 7.0
