@@ -1,0 +1,534 @@
+"""Engine throughput: dssidecar against what a CPU user would otherwise run, same model, same requests.
+
+Issue 3 asks for one table per model size with four ways to serve 32 requests of mixed prompt (16-256
+tokens) and output (16-128 tokens) lengths, greedy, every request generating exactly its requested
+number of tokens (EOS disabled everywhere, so token counts match):
+
+  hf-one-at-a-time    transformers `generate`, one request after another
+  hf-static-batch     transformers `generate` on one left-padded batch of all requests; only the tokens
+                      each request asked for are counted (the padding to the longest output is waste)
+  hf-continuous       transformers' own continuous batching (`init_continuous_batching`, per-request
+                      max_new_tokens, KV cache sized explicitly: num_blocks, max_batch_tokens, page_size)
+  dssidecar           the real `dssidecar serve` process, 32 concurrent streaming HTTP requests (httpx)
+
+Figures per way: output tokens/s, p50/p99 latency, p50/p99 time to first token. Then the TTFT check:
+p99 TTFT of 8 concurrent requests against the median TTFT of single requests (same prompt length).
+Targets (issue 3): dssidecar >= 8x one-at-a-time, >= 1.5x static batch, >= 2x transformers' continuous
+batching, and p99 TTFT at concurrency 8 <= 2x single-request TTFT.
+
+    .venv/bin/python bench/engine_throughput.py [--sizes tiny,small] [--full] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "sidecar"))
+
+from bench.common import (  # noqa: E402
+    REPO_ROOT,
+    LatencySummary,
+    add_common_arguments,
+    environment,
+    print_table,
+    write_json,
+)
+
+BENCH_MODEL_CACHE = REPO_ROOT / ".cache" / "bench-models"
+NUM_REQUESTS = 32
+PROMPT_TOKENS_RANGE = (16, 256)
+OUTPUT_TOKENS_RANGE = (16, 128)
+TTFT_CONCURRENCY = 8
+TTFT_PROMPT_TOKENS = 128
+TTFT_OUTPUT_TOKENS = 16
+TTFT_SINGLE_REPEATS = 5
+
+TARGET_VS_ONE_AT_A_TIME = 8.0
+TARGET_VS_STATIC_BATCH = 1.5
+TARGET_VS_HF_CONTINUOUS = 2.0
+TARGET_TTFT_RATIO = 2.0
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------------- workload
+
+
+@dataclass(frozen=True)
+class BenchRequest:
+    prompt_token_ids: list[int]
+    max_new_tokens: int
+
+
+@dataclass
+class RequestTiming:
+    latency_seconds: float
+    ttft_seconds: float
+    output_tokens: int
+
+
+@dataclass
+class WayResult:
+    """One way of serving the workload: per-request timings and the wall time of the whole run."""
+
+    name: str
+    timings: list[RequestTiming]
+    wall_seconds: float
+    note: str = ""
+    requested_tokens: int = 0
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def output_tokens(self) -> int:
+        return sum(timing.output_tokens for timing in self.timings)
+
+    @property
+    def output_tokens_per_second(self) -> float:
+        return self.output_tokens / self.wall_seconds
+
+    def latency(self) -> LatencySummary:
+        return LatencySummary.of([timing.latency_seconds for timing in self.timings])
+
+    def ttft(self) -> LatencySummary:
+        return LatencySummary.of([timing.ttft_seconds for timing in self.timings])
+
+
+def corpus_token_ids(model_dir: Path, max_tokens: int = 200_000) -> list[int]:
+    """Real text (the shipped corpus) tokenized with the model's own tokenizer, so prompts look like text."""
+    from dssidecar.demo_model import read_corpus_sections
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
+    ids: list[int] = []
+    for section in read_corpus_sections():
+        ids.extend(tokenizer.encode(section, add_special_tokens=False).ids)
+        if len(ids) >= max_tokens:
+            break
+    return ids
+
+
+def make_workload(token_ids: Sequence[int], count: int, seed: int,
+                  prompt_range: tuple[int, int] = PROMPT_TOKENS_RANGE,
+                  output_range: tuple[int, int] = OUTPUT_TOKENS_RANGE) -> list[BenchRequest]:
+    """`count` requests with uniform prompt/output lengths; prompts are distinct windows of `token_ids`."""
+    rng = random.Random(seed)
+    requests = []
+    for _ in range(count):
+        prompt_length = rng.randint(*prompt_range)
+        start = rng.randrange(0, len(token_ids) - prompt_length)
+        requests.append(BenchRequest(list(token_ids[start : start + prompt_length]), rng.randint(*output_range)))
+    return requests
+
+
+# ------------------------------------------------------------------------------------------ demo model
+
+
+def ensure_model(size: str, arch: str, train_steps: int) -> Path:
+    """A demo checkpoint cached under .cache/bench-models (a finished one has manifest.json)."""
+    from dssidecar.demo_model import write_demo_model
+
+    target = BENCH_MODEL_CACHE / f"{arch}-{size}-seed0-steps{train_steps}"
+    if not (target / "manifest.json").exists():
+        log(f"writing demo model {target.name} (once)")
+        write_demo_model(target, size=size, seed=0, arch=arch, train_steps=train_steps)
+    return target
+
+
+# -------------------------------------------------------------------------------------- HF baselines
+
+
+class FirstTokenClock:
+    """A transformers streamer that only notes when the first generated token came out."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.first_token_time: float | None = None
+
+    def put(self, value: Any) -> None:
+        self.calls += 1
+        if self.calls == 2 and self.first_token_time is None:  # call 1 is the prompt
+            self.first_token_time = time.perf_counter()
+
+    def end(self) -> None:
+        pass
+
+
+def load_hf_model(model_dir: Path) -> tuple[Any, int]:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model.eval()
+    pad_token_id = model.generation_config.pad_token_id
+    if isinstance(pad_token_id, list):
+        pad_token_id = pad_token_id[0]
+    model.generation_config.eos_token_id = None  # passing eos_token_id=None would be refilled from here
+    return model, int(pad_token_id if pad_token_id is not None else 0)
+
+
+def hf_generate(model: Any, pad_token_id: int, prompts: list[list[int]], max_new_tokens: int,
+                streamer: FirstTokenClock | None = None) -> Any:
+    """Greedy `generate` on a left-padded batch; returns the output ids."""
+    import torch
+
+    longest = max(len(prompt) for prompt in prompts)
+    input_ids = torch.full((len(prompts), longest), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(prompts), longest), dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        input_ids[row, longest - len(prompt):] = torch.tensor(prompt)
+        attention_mask[row, longest - len(prompt):] = 1
+    with torch.inference_mode():
+        return model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
+                              min_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_token_id,
+                              streamer=streamer)
+
+
+def run_hf_one_at_a_time(model: Any, pad_token_id: int, requests: list[BenchRequest], note: str) -> WayResult:
+    hf_generate(model, pad_token_id, [requests[0].prompt_token_ids], 4)  # warm-up
+    timings = []
+    started = time.perf_counter()
+    for request in requests:
+        clock = FirstTokenClock()
+        sent = time.perf_counter()
+        output = hf_generate(model, pad_token_id, [request.prompt_token_ids], request.max_new_tokens, clock)
+        done = time.perf_counter()
+        generated = int(output.shape[1]) - len(request.prompt_token_ids)
+        timings.append(RequestTiming(done - sent, (clock.first_token_time or done) - sent, generated))
+    wall = time.perf_counter() - started
+    return WayResult("HF generate, one at a time", timings, wall, note,
+                     requested_tokens=sum(r.max_new_tokens for r in requests))
+
+
+def run_hf_static_batch(model: Any, pad_token_id: int, requests: list[BenchRequest]) -> WayResult:
+    hf_generate(model, pad_token_id, [r.prompt_token_ids for r in requests[:4]], 4)  # warm-up
+    longest_output = max(r.max_new_tokens for r in requests)
+    clock = FirstTokenClock()
+    started = time.perf_counter()
+    hf_generate(model, pad_token_id, [r.prompt_token_ids for r in requests], longest_output, clock)
+    wall = time.perf_counter() - started
+    ttft = (clock.first_token_time or started + wall) - started
+    # Every answer comes back when the batch ends; only the tokens each request asked for count.
+    timings = [RequestTiming(wall, ttft, r.max_new_tokens) for r in requests]
+    return WayResult(f"HF generate, static batch of {len(requests)}", timings, wall,
+                     f"padded to {longest_output} new tokens; only requested ones counted",
+                     requested_tokens=sum(r.max_new_tokens for r in requests))
+
+
+def run_hf_continuous(model: Any, requests: list[BenchRequest]) -> WayResult:
+    """transformers' continuous batching manager with per-request max_new_tokens and an explicit cache."""
+    from transformers import GenerationConfig
+    from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+    page_size = 32
+    longest = max(len(r.prompt_token_ids) + r.max_new_tokens for r in requests)
+    num_blocks = len(requests) * math.ceil(longest / page_size) + 8
+    max_batch_tokens = 1024
+    generation_config = GenerationConfig(do_sample=False, eos_token_id=-1,
+                                         max_new_tokens=max(r.max_new_tokens for r in requests))
+    batching_config = ContinuousBatchingConfig(page_size=page_size, num_blocks=num_blocks,
+                                               max_batch_tokens=max_batch_tokens)
+
+    def run_once(batch: list[BenchRequest], record: bool) -> tuple[float, list[RequestTiming]]:
+        manager = model.init_continuous_batching(generation_config=generation_config,
+                                                 continuous_batching_config=batching_config)
+        manager.start()
+        try:
+            started = time.perf_counter()
+            ids = []
+            for index, request in enumerate(batch):
+                ids.append(manager.add_request(request.prompt_token_ids, request_id=f"req-{index}",
+                                               max_new_tokens=request.max_new_tokens, record_timestamps=record))
+            results: dict[str, Any] = {}
+            deadline = time.monotonic() + 1800
+            while len(results) < len(batch):
+                if time.monotonic() > deadline:
+                    raise TimeoutError("transformers continuous batching did not finish within 30 minutes")
+                result = manager.get_result(timeout=1)
+                if result is not None and result.is_finished():
+                    if result.error:
+                        raise RuntimeError(f"transformers continuous batching failed {result.request_id}: "
+                                           f"{result.error}")
+                    results[result.request_id] = result
+                elif result is None and not manager.is_running():
+                    raise RuntimeError("transformers continuous batching thread died")
+            wall = time.perf_counter() - started
+        finally:
+            manager.stop(block=True, timeout=30)
+            destroy = getattr(model, "destroy_cached_continuous_batching_manager", None)
+            if destroy is not None:
+                destroy()
+        timings = []
+        for request_id in ids:
+            result = results[request_id]
+            finished = result.lifespan[1] if result.lifespan[1] > 0 else started + wall
+            first = result.timestamps[0] if result.timestamps else finished
+            timings.append(RequestTiming(finished - started, first - started, len(result.generated_tokens)))
+        return wall, timings
+
+    run_once(requests[:2], record=False)  # warm-up
+    wall, timings = run_once(requests, record=True)
+    return WayResult("transformers continuous batching", timings, wall,
+                     f"page_size {page_size}, num_blocks {num_blocks}, max_batch_tokens {max_batch_tokens}",
+                     requested_tokens=sum(r.max_new_tokens for r in requests))
+
+
+# --------------------------------------------------------------------------------------- dssidecar
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class SidecarServer:
+    """`dssidecar serve` as a child process on 127.0.0.1, stopped with SIGTERM (then SIGKILL)."""
+
+    def __init__(self, model_dir: Path, extra_args: Sequence[str] = ()) -> None:
+        self.model_dir = model_dir
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.extra_args = list(extra_args)
+        self.log_file = tempfile.NamedTemporaryFile(prefix="dssidecar-bench-", suffix=".log", delete=False)
+        self.process: subprocess.Popen[bytes] | None = None
+        self.model_name = model_dir.name
+
+    def __enter__(self) -> SidecarServer:
+        import httpx
+
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT / "sidecar"), env.get("PYTHONPATH")]))
+        command = [sys.executable, "-m", "dssidecar.cli", "serve", "--model", str(self.model_dir),
+                   "--host", "127.0.0.1", "--port", str(self.port), "--served-model-name", self.model_name,
+                   "--log-level", "warning", *self.extra_args]
+        self.process = subprocess.Popen(command, stdout=self.log_file, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"dssidecar serve exited with {self.process.returncode}; log: "
+                                   f"{Path(self.log_file.name).read_text(errors='replace')[-2000:]}")
+            try:
+                if httpx.get(f"{self.base_url}/readyz", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        self.__exit__(None, None, None)
+        raise TimeoutError(f"dssidecar serve not ready within 300 s; log {self.log_file.name}")
+
+    def __exit__(self, *_exc: object) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        self.log_file.close()
+
+
+async def stream_completion(client: Any, base_url: str, model: str, request: BenchRequest) -> RequestTiming:
+    """One streaming /v1/completions request; TTFT is the arrival of the first chunk carrying a choice."""
+    body = {"model": model, "prompt": request.prompt_token_ids, "max_tokens": request.max_new_tokens,
+            "temperature": 0.0, "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
+    sent = time.perf_counter()
+    first: float | None = None
+    completion_tokens: int | None = None
+    chunks_with_text = 0
+    async with client.stream("POST", f"{base_url}/v1/completions", json=body) as response:
+        if response.status_code != 200:
+            raise RuntimeError(f"dssidecar answered {response.status_code}: {(await response.aread())[:500]!r}")
+        async for line in response.aiter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[len("data: "):])
+            if chunk.get("choices"):
+                chunks_with_text += 1
+                if first is None:
+                    first = time.perf_counter()
+            if chunk.get("usage"):
+                completion_tokens = int(chunk["usage"]["completion_tokens"])
+    done = time.perf_counter()
+    tokens = completion_tokens if completion_tokens is not None else chunks_with_text
+    return RequestTiming(done - sent, (first or done) - sent, tokens)
+
+
+async def run_concurrent(base_url: str, model: str, requests: list[BenchRequest]) -> tuple[float, list[RequestTiming]]:
+    import httpx
+
+    limits = httpx.Limits(max_connections=len(requests) + 4, max_keepalive_connections=len(requests) + 4)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(1800.0), limits=limits) as client:
+        started = time.perf_counter()
+        timings = await asyncio.gather(*(stream_completion(client, base_url, model, r) for r in requests))
+        return time.perf_counter() - started, list(timings)
+
+
+def run_dssidecar(server: SidecarServer, requests: list[BenchRequest]) -> WayResult:
+    asyncio.run(run_concurrent(server.base_url, server.model_name, requests[:2]))  # warm-up
+    wall, timings = asyncio.run(run_concurrent(server.base_url, server.model_name, requests))
+    requested = sum(r.max_new_tokens for r in requests)
+    produced = sum(t.output_tokens for t in timings)
+    note = f"{len(requests)} concurrent streaming requests over HTTP, ignore_eos"
+    if produced != requested:
+        note += f"; produced {produced} of {requested} requested tokens"
+    return WayResult("dssidecar (HTTP, continuous batching)", timings, wall, note, requested_tokens=requested)
+
+
+def run_ttft_check(server: SidecarServer, token_ids: Sequence[int], seed: int) -> dict[str, float]:
+    """Median TTFT of single requests vs p99 TTFT of TTFT_CONCURRENCY concurrent ones (same prompt length)."""
+    length = (TTFT_PROMPT_TOKENS, TTFT_PROMPT_TOKENS)
+    out = (TTFT_OUTPUT_TOKENS, TTFT_OUTPUT_TOKENS)
+    singles = make_workload(token_ids, TTFT_SINGLE_REPEATS + 1, seed + 1, length, out)
+    concurrent = make_workload(token_ids, TTFT_CONCURRENCY, seed + 2, length, out)
+    single_ttfts = []
+    for request in singles:
+        _, timings = asyncio.run(run_concurrent(server.base_url, server.model_name, [request]))
+        single_ttfts.append(timings[0].ttft_seconds)
+    single_ttfts = single_ttfts[1:]  # the first one warms up
+    _, timings = asyncio.run(run_concurrent(server.base_url, server.model_name, concurrent))
+    single = LatencySummary.of(single_ttfts).p50_seconds
+    concurrent_p99 = LatencySummary.of([t.ttft_seconds for t in timings]).p99_seconds
+    return {"single_ttft_p50_seconds": single, f"concurrency{TTFT_CONCURRENCY}_ttft_p99_seconds": concurrent_p99,
+            "ttft_ratio": concurrent_p99 / single}
+
+
+# ------------------------------------------------------------------------------------------ report
+
+
+def figures_for(size: str, results: list[WayResult], keys: list[str]) -> dict[str, float]:
+    figures: dict[str, float] = {}
+    for key, result in zip(keys, results, strict=True):
+        prefix = f"{size}.{key}"
+        latency, ttft = result.latency(), result.ttft()
+        figures.update({
+            f"{prefix}.output_tokens_per_second": result.output_tokens_per_second,
+            f"{prefix}.latency_p50_seconds": latency.p50_seconds,
+            f"{prefix}.latency_p99_seconds": latency.p99_seconds,
+            f"{prefix}.ttft_p50_seconds": ttft.p50_seconds,
+            f"{prefix}.ttft_p99_seconds": ttft.p99_seconds,
+            f"{prefix}.requests": float(len(result.timings)),
+            f"{prefix}.output_tokens": float(result.output_tokens),
+        })
+    return figures
+
+
+def verdict(value: float, target: float, higher_is_better: bool = True) -> str:
+    met = value >= target if higher_is_better else value <= target
+    return "met" if met else "NOT met"
+
+
+def bench_size(size: str, arch: str, args: argparse.Namespace) -> dict[str, float]:
+    model_dir = args.model_dir or ensure_model(size, arch, args.train_steps)
+    token_ids = corpus_token_ids(model_dir)
+    requests = make_workload(token_ids, NUM_REQUESTS, args.seed)
+    single_count = NUM_REQUESTS if (args.full or size == "tiny") else args.small_one_at_a_time
+    ways: list[WayResult] = []
+    keys: list[str] = []
+
+    log(f"{size}: dssidecar server ({model_dir})")
+    with SidecarServer(model_dir, ["--max-batch-size", str(NUM_REQUESTS)]) as server:
+        ways.append(run_dssidecar(server, requests))
+        keys.append("dssidecar")
+        ttft = run_ttft_check(server, token_ids, args.seed)
+
+    model, pad_token_id = load_hf_model(model_dir)
+    log(f"{size}: HF one at a time ({single_count} requests)")
+    note = "" if single_count == NUM_REQUESTS else f"first {single_count} of {NUM_REQUESTS} requests (slow); --full for all"
+    ways.insert(0, run_hf_one_at_a_time(model, pad_token_id, requests[:single_count], note))
+    keys.insert(0, "hf_one_at_a_time")
+    log(f"{size}: HF static batch")
+    ways.insert(1, run_hf_static_batch(model, pad_token_id, requests))
+    keys.insert(1, "hf_static_batch")
+    log(f"{size}: transformers continuous batching")
+    try:
+        ways.insert(2, run_hf_continuous(model, requests))
+        keys.insert(2, "hf_continuous_batching")
+    except Exception as exc:  # a baseline that breaks must not hide the others' figures
+        log(f"{size}: transformers continuous batching failed: {exc!r}")
+    del model
+
+    rows = []
+    for result in ways:
+        latency, ttft = result.latency(), result.ttft()
+        rows.append([result.name, len(result.timings), result.output_tokens, result.output_tokens_per_second,
+                     latency.p50_seconds, latency.p99_seconds, ttft.p50_seconds, ttft.p99_seconds, result.note])
+    total_prompt = sum(len(r.prompt_token_ids) for r in requests)
+    print_table(
+        f"engine throughput, {size} model ({arch}, {model_dir.name}), {NUM_REQUESTS} requests, prompts "
+        f"{PROMPT_TOKENS_RANGE[0]}-{PROMPT_TOKENS_RANGE[1]} ({total_prompt} tokens), outputs "
+        f"{OUTPUT_TOKENS_RANGE[0]}-{OUTPUT_TOKENS_RANGE[1]} ({sum(r.max_new_tokens for r in requests)} tokens), greedy",
+        ["way", "requests", "out tokens", "out tok/s", "p50 lat s", "p99 lat s", "p50 TTFT s", "p99 TTFT s", "note"],
+        rows,
+    )
+    figures = figures_for(size, ways, keys)
+    figures.update({f"{size}.dssidecar.{name}": value for name, value in ttft.items()})
+    ours = figures[f"{size}.dssidecar.output_tokens_per_second"]
+    target_rows = []
+    for key, label, target in (("hf_one_at_a_time", "vs HF one at a time", TARGET_VS_ONE_AT_A_TIME),
+                               ("hf_static_batch", "vs HF static batch", TARGET_VS_STATIC_BATCH),
+                               ("hf_continuous_batching", "vs transformers continuous batching",
+                                TARGET_VS_HF_CONTINUOUS)):
+        baseline = figures.get(f"{size}.{key}.output_tokens_per_second")
+        if baseline is None:
+            target_rows.append([f"dssidecar tok/s {label}", "-", f">= {target}x", "not measured"])
+            continue
+        ratio = ours / baseline
+        figures[f"{size}.speedup_{key}"] = ratio
+        target_rows.append([f"dssidecar tok/s {label}", f"{ratio:.2f}x", f">= {target}x", verdict(ratio, target)])
+    target_rows.append([
+        f"p99 TTFT at concurrency {TTFT_CONCURRENCY} / single TTFT (prompt {TTFT_PROMPT_TOKENS})",
+        f"{ttft['ttft_ratio']:.2f}x ({ttft[f'concurrency{TTFT_CONCURRENCY}_ttft_p99_seconds'] * 1000:.0f} / "
+        f"{ttft['single_ttft_p50_seconds'] * 1000:.0f} ms)",
+        f"<= {TARGET_TTFT_RATIO}x", verdict(ttft["ttft_ratio"], TARGET_TTFT_RATIO, higher_is_better=False)])
+    print_table(f"targets, {size} model", ["target", "measured", "wanted", "verdict"], target_rows)
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    add_common_arguments(parser)
+    parser.add_argument("--sizes", default="tiny,small", help="comma-separated demo model sizes (tiny, small)")
+    parser.add_argument("--arch", default="qwen2", choices=["qwen2", "llama"])
+    parser.add_argument("--train-steps", type=int, default=0,
+                        help="demo model training steps (speed does not depend on it: EOS is ignored)")
+    parser.add_argument("--model-dir", type=Path, default=None,
+                        help="benchmark this checkpoint instead of a demo model (then give one size label)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--small-one-at-a-time", type=int, default=8,
+                        help="requests sent one at a time on the small model without --full")
+    args = parser.parse_args(argv)
+
+    figures: dict[str, float] = {}
+    load_start = os.getloadavg()[0]
+    for size in [s.strip() for s in args.sizes.split(",") if s.strip()]:
+        figures.update(bench_size(size, args.arch, args))
+    env = environment()
+    env["load_average_1min_at_start"] = load_start
+    print(f"load average 1/5/15 min at the end: {env.get('load_average_1_5_15')} (at start {load_start:.2f}; "
+          f"{os.cpu_count()} CPUs; other processes share them)")
+    if args.json:
+        write_json(args.json, figures, env)
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
