@@ -122,14 +122,17 @@ class TelemetryPipeline:
         self._shut_down = False
 
     # -- lifecycle -----------------------------------------------------------------------------
-    def start(self) -> None:
+    def start(self, collect_periodically: bool = True) -> None:
+        """Start the drainers and, unless the caller's scheduler calls `collect_metrics()` itself, a
+        thread collecting the meters every `metric_export_interval_seconds`."""
         if self._started or self._shut_down:
             return
         self._started = True
         for target in self.targets:
             target.drainer.start()
-        self._ticker = threading.Thread(target=self._tick, name="dsagent-export-collect", daemon=True)
-        self._ticker.start()
+        if collect_periodically:
+            self._ticker = threading.Thread(target=self._tick, name="dsagent-export-collect", daemon=True)
+            self._ticker.start()
 
     def _tick(self) -> None:
         while not self._stop.wait(self.config.metric_export_interval_seconds):

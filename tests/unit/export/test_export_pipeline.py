@@ -136,3 +136,31 @@ def test_undelivered_documents_wait_in_the_spool_for_the_next_start(tmp_path: Pa
 def test_a_sample_with_an_unknown_kind_is_rejected(telemetry: TelemetryPipeline) -> None:
     with pytest.raises(ValueError, match="'histogram'.*'gauge' or 'counter'"):
         telemetry.record_samples([gpu_sample(1.0, name="dsagent_x", kind="histogram")])
+
+
+def test_without_periodic_collection_only_explicit_collects_export(tmp_path: Path) -> None:
+    config = ExportConfig.model_validate({"metric_export_interval_seconds": 0.05})
+    pipeline = TelemetryPipeline(config, tmp_path, {})
+    pipeline.start(collect_periodically=False)
+    try:
+        pipeline.record_samples([gpu_sample(0.5)])
+        time.sleep(0.3)  # several ticker periods: nothing may be collected by itself
+        assert pipeline.stats()["file.sent_documents"] == 0
+        pipeline.collect_metrics()
+        assert pipeline.force_flush(5)
+        assert len(read_stream(tmp_path, "metrics-dsagent.gpu")) == 1
+    finally:
+        pipeline.shutdown()
+
+
+def test_the_ticker_collects_by_itself(tmp_path: Path) -> None:
+    pipeline = TelemetryPipeline(ExportConfig.model_validate({"metric_export_interval_seconds": 0.05}), tmp_path, {})
+    pipeline.start()
+    try:
+        pipeline.record_samples([gpu_sample(0.5)])
+        deadline = time.monotonic() + 10
+        while not read_stream(tmp_path, "metrics-dsagent.gpu") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(read_stream(tmp_path, "metrics-dsagent.gpu")) == 1
+    finally:
+        pipeline.shutdown()
