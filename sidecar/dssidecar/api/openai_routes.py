@@ -199,14 +199,28 @@ class EventStreamResponse(StreamingResponse):
                     await aclose()
 
 
+_TEXT_SLOT = "\x00dssidecar-text-slot\x00"
+
+
 class _Chunker:
-    """Builds the JSON chunks of one stream."""
+    """Builds the JSON chunks of one stream.
+
+    Mid-stream content chunks differ only in their text, so their JSON is rendered once per stream with
+    a slot for the text; each token then costs one string encode instead of a nested dict dump.
+    """
 
     def __init__(self, job: GenerationJob, kind: str, created: int, include_usage: bool) -> None:
         self.job = job
         self.kind = kind  # "chat" or "completion"
         self.created = created
         self.include_usage = include_usage
+        template = json.dumps(self.content(_TEXT_SLOT, None), separators=(",", ":"), ensure_ascii=False)
+        self._content_prefix, self._content_suffix = template.split(json.dumps(_TEXT_SLOT, ensure_ascii=False))
+
+    def content_event(self, text: str) -> bytes:
+        """The SSE event of a mid-stream content chunk (no finish_reason)."""
+        encoded = json.dumps(text, ensure_ascii=False)
+        return f"data: {self._content_prefix}{encoded}{self._content_suffix}\n\n".encode()
 
     def _envelope(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
         chunk: dict[str, Any] = {
@@ -248,7 +262,7 @@ async def _event_stream(job: GenerationJob, first: RequestOutput, chunker: _Chun
         def chunks_for(output: RequestOutput) -> list[bytes]:
             if output.finished:
                 return [sse_event(chunker.content(output.text, job.finish_reason))]
-            return [sse_event(chunker.content(output.text, None))] if output.text else []
+            return [chunker.content_event(output.text)] if output.text else []
 
         for event in chunks_for(first):
             yield event

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import json
+
 import httpx
 from api_fake_engine import GENERATED_TEXT, FakeEngine
 from api_sse import parse_sse
+from dssidecar.api.app import build_app
+from dssidecar.api.generation import GenerationJob
+from dssidecar.api.request_telemetry import RequestRecord
+from dssidecar.engine.protocol import SamplingParams
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 MODEL = "fake-model"
 
@@ -159,3 +167,15 @@ async def test_retrieve_one_model_and_version(client: httpx.AsyncClient) -> None
     missing = await client.get("/v1/models/other")
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
     assert (await client.get("/version")).json()["version"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(), kind=st.sampled_from(["chat", "completion"]), include_usage=st.booleans())
+def test_prerendered_content_chunks_equal_a_full_json_dump(text: str, kind: str, include_usage: bool) -> None:
+    from dssidecar.api.openai_routes import _Chunker, sse_event
+
+    state = build_app(FakeEngine(model_name='we"ird\\model')).state.serving
+    job = GenerationJob(state, RequestRecord("cmpl-1", state.model_name, "chat", True, 0), [1], SamplingParams())
+    chunker = _Chunker(job, kind, 1700000000, include_usage)
+    assert chunker.content_event(text) == sse_event(chunker.content(text, None))
+    assert json.loads(chunker.content_event(text)[len(b"data: ") : -2])["model"] == 'we"ird\\model'
