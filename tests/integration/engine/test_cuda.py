@@ -43,12 +43,13 @@ def test_greedy_and_logits_match_hf_on_cuda_fp32(qwen2_checkpoint_dir: Path) -> 
         assert got == reference[0, len(prompt) :].tolist()
     from dssidecar.engine.sequence import Sequence
 
-    seq = Sequence("l", list(prompts[1]), SamplingParams(), 0.0, block_size=8)
-    engine.block_manager.allocate(seq)
-    seq.num_scheduled_tokens = seq.num_tokens
+    seq = Sequence("l", list(prompts[3]), SamplingParams(), 0.0, block_size=8)
+    engine.block_manager.allocate(seq)  # the prompt ran above: leading blocks come from the prefix cache
+    assert seq.num_cached_tokens > 0
+    seq.num_scheduled_tokens = seq.num_tokens - seq.num_cached_tokens
     logits = engine.runner.compute_logits([seq], is_prefill=True)[0]
     with torch.no_grad():
-        reference_logits = model(torch.tensor([prompts[1]], device="cuda")).logits[0, -1]
+        reference_logits = model(torch.tensor([prompts[3]], device="cuda")).logits[0, -1]
     assert torch.allclose(logits, reference_logits, atol=1e-3)
 
 
