@@ -51,6 +51,8 @@ class KVPoolResizer:
             raise ValueError(f"kv_cache_blocks must be >= 1, got {num_blocks}")
         current = int(self.engine.runner.num_blocks)
         self.resizes_total += 1
+        if self.target_blocks is not None:  # a shrink was pending: blocks it retired below the new size return
+            self._restore_retired(min(num_blocks, current))
         if num_blocks >= current:
             self.target_blocks = None
             if num_blocks > current:
@@ -59,6 +61,13 @@ class KVPoolResizer:
         self.target_blocks = num_blocks
         self.on_step()
         return self.pending_release
+
+    def _restore_retired(self, limit: int) -> None:
+        manager = self.engine.block_manager
+        free = set(manager.free_block_ids)
+        for block_id in range(limit):
+            if block_id not in free and block_id not in manager.used_block_ids:
+                manager.free_block_ids.append(block_id)
 
     def on_step(self) -> None:
         """Retire freed blocks above the target; finish the shrink when none is held any more."""
