@@ -237,10 +237,16 @@ def main() -> int:
     for name, value, note in rows:
         print(f"{name:<{width}}  {value:>18}  {note}")
     if args.json:
-        env = {"python": platform.python_version(), "machine": platform.machine(), "cpus": os.cpu_count(),
-               "platform": platform.platform(), "fake_elasticsearch": "tests/fakes/elasticsearch.py (separate process)",
-               "documents": args.documents, "repeats": args.repeats}
-        args.json.write_text(json.dumps({"figures": figures, "env": env}, indent=2))
+        run = {"fake_elasticsearch": "tests/fakes/elasticsearch.py (separate process)",
+               "documents": args.documents, "repeats": args.repeats, "batch_documents": BATCH_DOCUMENTS}
+        try:
+            from bench.common import environment, write_json  # the shared shape (helper B)
+        except ImportError:  # running with only the export dependencies (e.g. a bare benchmark host)
+            env = {"python": platform.python_version(), "machine": platform.machine(), "cpu_count": os.cpu_count(),
+                   "platform": platform.platform(), **run}
+            args.json.write_text(json.dumps({"figures": figures, "env": env}, indent=2))
+        else:
+            write_json(args.json, figures, {**environment(), **run})
     return 0
 
 
