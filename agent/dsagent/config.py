@@ -161,10 +161,14 @@ class SupervisorConfig(_Section):
 
 
 class StoreConfig(_Section):
-    """Bounds of the in-memory time-series store (per series: whichever limit is hit first)."""
+    """Bounds of the in-memory time-series store (per series: whichever limit is hit first).
 
-    retention_seconds: float = Field(default=900.0, gt=0)
-    max_samples_per_series: int = Field(default=1000, ge=1)
+    The defaults cover rule windows up to 5 minutes at the 1 s collect interval (~16 bytes per sample:
+    500 series x 330 samples is ~2.6 MB); raise both for longer `[window]`s or `for:` durations.
+    """
+
+    retention_seconds: float = Field(default=330.0, gt=0)
+    max_samples_per_series: int = Field(default=400, ge=1)
 
 
 class IntervalsConfig(_Section):
