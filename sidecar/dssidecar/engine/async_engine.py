@@ -29,6 +29,7 @@ from dssidecar.engine.protocol import (
     EngineStats,
     EngineStepError,
     EngineStoppedError,
+    InvalidRequestError,
     QueueFullError,
     RequestOutput,
     SamplingParams,
@@ -129,7 +130,7 @@ class AsyncLLMEngine:
         queue: asyncio.Queue[_StreamItem] = asyncio.Queue()
         with self._wakeup:
             if request_id in self._streams:
-                raise ValueError(f"request id {request_id!r} is already in flight")
+                raise InvalidRequestError(f"request id {request_id!r} is already in flight; use a unique id")
             waiting = self.engine.num_waiting + len(self._pending_adds)
             limit = self.engine.config.max_waiting_requests
             if waiting >= limit:

@@ -18,7 +18,7 @@ class EngineConfig:
     kv_cache_blocks: int | None = None  # None: sized from kv_cache_memory_* below
     # CPU: this fraction of available RAM, capped at kv_cache_memory_max_bytes; CUDA: fraction of free memory
     kv_cache_memory_fraction: float = 0.2
-    kv_cache_memory_max_bytes: int = 1 << 30
+    kv_cache_memory_max_bytes: int = 512 << 20
     kv_cache_gpu_memory_fraction: float = 0.85
     max_waiting_requests: int = 256
     precision: str = "fp32"

@@ -19,12 +19,7 @@ from typing import Any
 
 import torch
 
-from dssidecar.device import (
-    configure_cpu_threads,
-    device_memory_available_bytes,
-    resolve_device,
-    resolve_dtype,
-)
+from dssidecar.device import configure_cpu_threads, device_memory_available_bytes, resolve_device
 from dssidecar.engine.block_manager import BlockManager
 from dssidecar.engine.config import EngineConfig
 from dssidecar.engine.model_runner import ModelRunner, kv_cache_bytes_per_block
@@ -105,14 +100,18 @@ class LLMEngine:
         device = resolve_device(config.device)
         if device.type == "cpu":
             configure_cpu_threads(config.num_threads)
-        dtype = resolve_dtype(config.precision)
-        checkpoint = load_checkpoint(model_path, device=device, dtype=dtype)
-        model: torch.nn.Module = checkpoint.model
-        forward = None
-        if config.precision.lower() not in ("fp32", "float32", "bf16", "bfloat16", "fp16", "float16"):
-            from dssidecar.precision import convert_model  # helper K's module: int8, fp8
+        from dssidecar.precision import convert_model, precision_plan
 
+        # raises UnsupportedPrecisionError with the reason (e.g. fp8 on a CPU) before loading anything
+        plan = precision_plan(config.precision, device)
+        dense = plan.weight_format == "dense"
+        load_dtype = plan.activation_dtype if dense else torch.float32
+        checkpoint = load_checkpoint(model_path, device=device, dtype=load_dtype)
+        model: torch.nn.Module = checkpoint.model
+        if not dense:  # int8 / fp8 weights: quantize the fp32 model (helper module dssidecar.precision)
             model = convert_model(model, config.precision, device)
+        dtype = plan.kv_dtype
+        forward = None
         if config.backend != "eager":
             from dssidecar.backends.registry import apply_backend
 

@@ -163,3 +163,19 @@ def test_missing_tensor_and_bad_config_are_named(qwen2_checkpoint_dir: Path, tmp
         load_checkpoint(copy)
     with pytest.raises(CheckpointError, match="does not exist"):
         load_checkpoint(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_other_precisions_load_and_generate(qwen2_checkpoint_dir: Path, prompt: list[int], precision: str) -> None:
+    engine = make_engine(qwen2_checkpoint_dir, precision=precision)
+    expected_kv = {"bf16": "torch.bfloat16", "int8": "torch.float32"}[precision]
+    assert str(engine.runner.kv_cache.dtype) == expected_kv and engine.runner.precision == precision
+    [tokens] = engine.generate([prompt], SamplingParams(max_tokens=8, **GREEDY))  # type: ignore[arg-type]
+    assert len(tokens) == 8
+
+
+def test_a_precision_the_device_cannot_run_is_refused_with_the_reason(qwen2_checkpoint_dir: Path) -> None:
+    from dssidecar.precision import UnsupportedPrecisionError
+
+    with pytest.raises(UnsupportedPrecisionError, match="fp8"):
+        make_engine(qwen2_checkpoint_dir, precision="fp8", device="cpu")
