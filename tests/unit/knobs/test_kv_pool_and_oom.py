@@ -14,7 +14,7 @@ from dssidecar.engine.protocol import SamplingParams
 from dssidecar.kv_pool import KVPoolResizer, memory_figures
 from dssidecar.oom import FaultInjector, KVPoolAllocationError, is_out_of_memory
 
-PARAMS = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
+PARAMS = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
 PROMPTS = [[5 + i] * (6 + 5 * i) for i in range(6)]
 
 
@@ -101,7 +101,7 @@ def test_shrink_below_held_blocks_is_pending_then_completes(
     engine.block_manager.check_invariants([])
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(sizes=st.lists(st.integers(min_value=17, max_value=120), min_size=1, max_size=4), at_step=st.integers(0, 12))
 def test_any_resize_sequence_keeps_outputs_and_invariants(
     engine: LLMEngine, reference: list[list[int]], resizer: KVPoolResizer, sizes: list[int], at_step: int
