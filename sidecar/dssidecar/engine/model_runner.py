@@ -113,8 +113,6 @@ class ModelRunner:
             query_lens.append(end - start)
         batch = len(seqs)
         max_query_len = max(query_lens)
-        for row, query_len in enumerate(query_lens):
-            pad_index.extend(range(row * max_query_len, row * max_query_len + query_len))
         # slot of each new token, computed on the host (sizes are data-dependent) and copied once
         block_tables_host = self._block_tables_host(seqs)
         positions_host = torch.tensor(positions, dtype=torch.int64)
@@ -128,6 +126,8 @@ class ModelRunner:
         reads_pool = any(start > 0 for start in starts)
         attn_mask = None
         if reads_pool:
+            for row, query_len in enumerate(query_lens):
+                pad_index.extend(range(row * max_query_len, row * max_query_len + query_len))
             key_positions = torch.arange(block_tables.shape[1] * self.block_size, device=self.device)
             query_positions = self._to_device(starts).unsqueeze(1) + torch.arange(max_query_len, device=self.device)
             attn_mask = self._additive_mask((key_positions.view(1, 1, -1) <= query_positions.unsqueeze(2)).unsqueeze(1))
@@ -136,7 +136,8 @@ class ModelRunner:
             slot_mapping=slot_mapping,
             num_seqs=batch,
             max_query_len=max_query_len,
-            pad_index=self._to_device(pad_index) if batch > 1 or reads_pool else None,
+            pad_index=self._to_device(pad_index) if reads_pool else None,
+            query_lens=query_lens,
             block_tables=block_tables if reads_pool else None,
             attn_mask=attn_mask,
         )

@@ -6,11 +6,12 @@ new keys/values go (`slot_mapping`, a flat index block_id * block_size + offset)
 must read earlier tokens from the pool, which blocks each sequence owns (`block_tables`).
 
 Three shapes of step:
-- prefill of fresh prompts: tokens of several sequences are packed [T, ...] for the linear layers and
-  scattered into a padded [B, L] batch only for SDPA with a causal mask (padding rows are dropped);
-  a single sequence skips the padding.
-- prefill with context (prefix-cache hit, chunked prompt): keys come from the pool by block table and
-  the mask is "key position <= query position".
+- prefill of fresh prompts: tokens of several sequences are packed [T, ...] for the linear layers;
+  attention is one causal SDPA per sequence over its slice (varlen). On this CPU that measured 5-17%
+  faster per prefill step than scattering into a padded [B, L] batch.
+- prefill with context (prefix-cache hit, chunked prompt, recompute after preemption of a partially
+  cached prompt): queries are padded to [B, L], keys come from the pool by block table and the mask
+  is "key position <= query position".
 - decode: one query per sequence; keys gathered from the pool by block table, masked by length. The
   GQA query heads that share a KV head are folded into SDPA's query-length axis, so no K/V repeat.
 """
@@ -31,6 +32,7 @@ class AttentionMetadata:
     # prefill only
     max_query_len: int = 0
     pad_index: torch.Tensor | None = None  # [T] index into the padded [B * max_query_len] batch
+    query_lens: list[int] | None = None  # new tokens of each sequence, in packing order
     # prefill with context, and decode
     block_tables: torch.Tensor | None = None  # [B, max_blocks] int64 (padding points at block 0)
     attn_mask: torch.Tensor | None = None  # additive (0 or -inf), [B, 1, Lq, Lk]
@@ -90,39 +92,35 @@ def paged_attention(
         return out.view(num_tokens, num_heads * head_dim)
 
     batch, max_len = meta.num_seqs, meta.max_query_len
-    if batch == 1 and not meta.reads_pool:
-        out = F.scaled_dot_product_attention(
-            q.transpose(0, 1).unsqueeze(0),
-            k.transpose(0, 1).unsqueeze(0),
-            v.transpose(0, 1).unsqueeze(0),
-            is_causal=True,
-            scale=scale,
-            enable_gqa=group > 1,
-        )
-        return out[0].transpose(0, 1).reshape(num_tokens, num_heads * head_dim)
+    if not meta.reads_pool:
+        # fresh prompts: one causal SDPA per sequence over its slice of the packed tokens ("varlen");
+        # measured faster on CPU than padding the batch (no wasted rows, no scatter/gather copies)
+        query_lens = meta.query_lens if meta.query_lens is not None else [num_tokens]
+        out = q.new_empty(num_tokens, num_heads * head_dim)
+        start = 0
+        for length in query_lens:
+            end = start + length
+            out[start:end] = (
+                F.scaled_dot_product_attention(
+                    q[start:end].transpose(0, 1).unsqueeze(0),
+                    k[start:end].transpose(0, 1).unsqueeze(0),
+                    v[start:end].transpose(0, 1).unsqueeze(0),
+                    is_causal=True,
+                    scale=scale,
+                    enable_gqa=group > 1,
+                )[0]
+                .transpose(0, 1)
+                .reshape(length, num_heads * head_dim)
+            )
+            start = end
+        return out
 
     pad_index = meta.pad_index
     assert pad_index is not None
     q_pad = q.new_zeros(batch * max_len, num_heads, head_dim)
     q_pad.index_copy_(0, pad_index, q)
     q_pad = q_pad.view(batch, max_len, num_heads, head_dim).transpose(1, 2)
-    if meta.reads_pool:
-        keys, values = gather_kv(kv_layer, meta.block_tables)  # type: ignore[arg-type]
-        out = F.scaled_dot_product_attention(
-            q_pad, keys, values, attn_mask=meta.attn_mask, scale=scale, enable_gqa=group > 1
-        )
-    else:
-        k_pad = k.new_zeros(batch * max_len, num_kv_heads, head_dim)
-        v_pad = v.new_zeros(batch * max_len, num_kv_heads, head_dim)
-        k_pad.index_copy_(0, pad_index, k)
-        v_pad.index_copy_(0, pad_index, v)
-        out = F.scaled_dot_product_attention(
-            q_pad,
-            k_pad.view(batch, max_len, num_kv_heads, head_dim).transpose(1, 2),
-            v_pad.view(batch, max_len, num_kv_heads, head_dim).transpose(1, 2),
-            is_causal=True,
-            scale=scale,
-            enable_gqa=group > 1,
-        )
+    keys, values = gather_kv(kv_layer, meta.block_tables)  # type: ignore[arg-type]
+    out = F.scaled_dot_product_attention(q_pad, keys, values, attn_mask=meta.attn_mask, scale=scale, enable_gqa=group > 1)
     out = out.transpose(1, 2).reshape(batch * max_len, num_heads * head_dim)
     return out.index_select(0, pad_index)
