@@ -134,4 +134,4 @@ def print_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[obje
         table.add_column(column, justify="left" if index == 0 else "right")
     for row in rows:
         table.add_row(*(cell if isinstance(cell, str) else format_number(cell) for cell in row))  # type: ignore[arg-type]
-    Console(width=max(120, len(title))).print(table)
+    Console(width=max(170, len(title))).print(table)
