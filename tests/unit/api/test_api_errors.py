@@ -163,3 +163,40 @@ async def test_any_json_body_gets_200_or_an_openai_4xx_never_500(client: httpx.A
         return
     assert 400 <= response.status_code < 500, response.text
     assert_openai_error(response, response.status_code)
+
+
+def _failing_after(fake_engine: FakeEngine, good_deltas: int) -> None:
+    """Make the fake engine fail every request with EngineStepError after `good_deltas` deltas."""
+    from dssidecar.engine.protocol import EngineStepError
+
+    original = fake_engine.generate
+
+    async def failing(request_id: str, prompt: list[int], params: Any) -> Any:
+        produced = 0
+        async for output in original(request_id, prompt, params):
+            if produced == good_deltas:
+                raise EngineStepError("CUDA error: device-side assert (injected)")
+            produced += 1
+            yield output
+
+    fake_engine.generate = failing  # type: ignore[method-assign]
+
+
+async def test_engine_failure_mid_stream_sends_an_error_event_then_done(client: httpx.AsyncClient, fake_engine: FakeEngine) -> None:
+    _failing_after(fake_engine, 3)
+    response = await client.post("/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 20, "stream": True})
+    assert response.status_code == 200  # headers went out with the first token
+    events = response.text.strip().split("\n\n")
+    assert events[-1] == "data: [DONE]"
+    error = json.loads(events[-2][len("data: ") :])["error"]
+    assert error["type"] == "server_error" and "injected" in error["message"]
+    assert len(events) == 3 + 2
+
+
+async def test_engine_failure_before_the_answer_is_a_500_openai_error(client: httpx.AsyncClient, fake_engine: FakeEngine) -> None:
+    _failing_after(fake_engine, 2)
+    response = await client.post("/v1/completions", json={"model": MODEL, "prompt": "x", "max_tokens": 20})
+    error = assert_openai_error(response, 500)
+    assert error["type"] == "server_error" and "injected" in error["message"]
+    metrics = (await client.get("/metrics")).text
+    assert 'vllm:request_success_total{finished_reason="abort",model_name="fake-model"} 1.0' in metrics
