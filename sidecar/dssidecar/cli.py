@@ -98,6 +98,13 @@ def serve_command(
     control_token_file: Path = typer.Option(
         None, "--control-token-file", help="File with the /control bearer token. Env: DSSIDECAR_CONTROL_TOKEN_FILE."
     ),
+    control_port: int = typer.Option(
+        None, "--control-port", help="Serve /control on 127.0.0.1:PORT (needed when --host is not loopback). Env: DSSIDECAR_CONTROL_PORT."
+    ),
+    require_accuracy_check: bool = typer.Option(
+        None, "--require-accuracy-check/--no-require-accuracy-check",
+        help="Check accuracy before a live precision switch. Env: DSSIDECAR_REQUIRE_ACCURACY_CHECK.",
+    ),
     log_level: str = typer.Option(None, "--log-level", help="debug, info, warning, error. Env: DSSIDECAR_LOG_LEVEL."),
 ) -> None:
     """Serve a checkpoint over the OpenAI API (/v1/completions, /v1/chat/completions) with /metrics and /readyz."""
