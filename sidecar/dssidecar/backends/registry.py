@@ -57,6 +57,11 @@ def apply_backend(model: nn.Module, name: str, device: torch.device | str) -> Ca
     if name == "eager":
         return model
     if name == "torch.compile":
+        # prefill, chunked prefill and decode pass differently shaped metadata (None vs tensors): each is a
+        # graph of its own, so allow more variants than dynamo's default before it falls back to eager
+        import torch._dynamo
+
+        torch._dynamo.config.recompile_limit = max(int(torch._dynamo.config.recompile_limit), 64)
         return torch.compile(model, dynamic=True)
     from dssidecar.backends.tensorrt import (
         compile_tensorrt,  # pragma: no cover - needs a GPU and torch_tensorrt
