@@ -185,9 +185,16 @@ def test_client_cancelling_a_stream_frees_its_blocks(http: httpx.Client, sidecar
                     seen += 1
                 if seen >= 3:
                     break
-            during = scrape(http)
-            # (the running count is read from another thread mid-step and can flicker; blocks cannot)
-            assert during['dssidecar_kv_cache_free_blocks{model_name="tiny"}'] < KV_BLOCKS
+            # the running count is read from another thread mid-step and can flicker, so the proof that
+            # the request holds KV blocks is the free-block gauge (polled briefly for the same reason)
+            held = False
+            for _ in range(50):
+                during = scrape(http)
+                if during.get('dssidecar_kv_cache_free_blocks{model_name="tiny"}', KV_BLOCKS) < KV_BLOCKS:
+                    held = True
+                    break
+                time.sleep(0.05)
+            assert held, (during, sidecar.stderr_tail())
     aborted_key = 'vllm:request_success_total{finished_reason="abort",model_name="tiny"}'
     free_key = 'dssidecar_kv_cache_free_blocks{model_name="tiny"}'
     deadline = time.monotonic() + 30
