@@ -1,8 +1,9 @@
 """Checkpoints for the engine's correctness tests.
 
-Prefers the project's demo model (dssidecar.demo_model, shared cache from tests/conftest.py); when that
-module is absent it writes a tiny random checkpoint with transformers' own classes plus a BPE tokenizer
-trained on the repo's corpus, so these tests never depend on a model hub.
+Two sources, so a bug in one writer cannot hide a bug in the engine: checkpoints written by
+transformers' own classes (save_pretrained, with a BPE tokenizer trained on the repo's corpus; peaky
+random weights so greedy comparisons have no near-ties) and the project's demo models
+(dssidecar.demo_model through tests/conftest.py's cached fixtures). No model hub is involved.
 """
 
 from __future__ import annotations
@@ -60,9 +61,14 @@ def write_hf_checkpoint(target: Path, arch: str, seed: int = 0) -> Path:
     return target
 
 
-@pytest.fixture(scope="session", params=["qwen2", "llama"])
+@pytest.fixture(scope="session", params=["hf-qwen2", "hf-llama", "demo-qwen2", "demo-llama"])
 def checkpoint_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_hf_checkpoint(tmp_path_factory.mktemp("ckpt") / request.param, request.param)
+    """Both architectures, written by transformers itself (hf-*) and by the project's demo_model (demo-*)."""
+    source, arch = str(request.param).split("-")
+    if source == "demo":
+        fixture = "tiny_model_dir" if arch == "qwen2" else "tiny_llama_model_dir"
+        return Path(request.getfixturevalue(fixture))
+    return write_hf_checkpoint(tmp_path_factory.mktemp("ckpt") / arch, arch)
 
 
 @pytest.fixture(scope="session")
