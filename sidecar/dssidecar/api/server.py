@@ -79,7 +79,7 @@ def build_server_app(config: ServerConfig, engine: EngineClient) -> FastAPI:
         access_log=config.access_log,
         timeout_seconds=config.otlp_timeout_seconds,
         export_spans=config.otlp_export_spans,
-        resource_attributes={"gen_ai.request.model": config.served_model_name or engine.model_name},
+        resource_attributes={"dssidecar.served_model_name": config.served_model_name or engine.model_name},
     )
     app = build_app(
         engine,
