@@ -5,6 +5,12 @@ for Qwen2, tied embeddings), but laid out for a serving engine: tokens of all se
 packed [T, hidden]; q/k/v are one fused Linear and gate/up another (fewer kernel launches, which is
 what bounds a small model on CPU); attention reads and writes the KV pool through
 `paged_attention`. The loader maps HF parameter names onto these modules.
+
+Why our own code and not transformers' modeling classes on a paged cache: the math is the same (the
+tests hold logits to 1e-4 of transformers' in fp32), but transformers' own paged continuous batching
+(`generate_batch`, attn "paged|sdpa") ran 96 tok/s against this engine's 378 tok/s in a same-machine,
+one-thread A/B on the 7M model (32 requests, prompts 16-256); its per-step Python and cache plumbing
+cost more than the model itself at this size.
 """
 
 from __future__ import annotations
