@@ -175,6 +175,8 @@ async def bench(args: argparse.Namespace) -> tuple[dict[str, float | int | None]
             figures[f"{key}_failed_requests"] = len(load.failures)
             swap_rows.append([name, "applied", answer["apply_seconds"], len(load.failures),
                               f"warm-up {target.last_warmup_seconds or 0:.2f} s"])
+            log(f"  swap took {answer['apply_seconds']:.2f} s (warm-up {target.last_warmup_seconds or 0:.2f} s), "
+                f"{len(load.failures)} failed requests during it")
             for failure in load.failures[:5]:
                 log(f"  FAILED during swap: {failure}")
             current = (precision, backend)
@@ -195,6 +197,8 @@ async def bench(args: argparse.Namespace) -> tuple[dict[str, float | int | None]
                            sum(len(r.failures) for r in repeats),
                            " ".join(f"{r.tokens_per_second:.0f}" for r in repeats)])
         log(f"  {name}: {best.tokens_per_second:.0f} tok/s, p99 {summary.p99_seconds:.2f} s")
+        if args.json:  # keep what is measured so far if a later (compile) step runs out of time
+            write_json(args.json, figures, environment())
     figures["swap_failed_requests_total"] = sum(int(v or 0) for k, v in figures.items() if k.startswith("swap_to_") and k.endswith("_failed_requests"))
     await engine.shutdown(5.0)
     if device.type == "cuda":
