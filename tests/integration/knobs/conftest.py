@@ -15,6 +15,8 @@ def knob_server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     server = KnobServer(
         tiny_model_dir, free_port(), tmp_path_factory.mktemp("knob-logs"),
         "--max-batch-size", "32", "--kv-cache-blocks", "256",
+        # an accuracy gate no real precision passes, so the refusal path is exercised deterministically
+        env={"DSSIDECAR_ACCURACY_MIN_AGREEMENT": "1.0", "DSSIDECAR_ACCURACY_MAX_KL": "0.0"},
     )  # fmt: skip
     server.start()
     try:

@@ -144,3 +144,18 @@ def test_backend_swap_to_torch_compile_under_16_streams_fails_no_request(knob_se
     assert [a.status_code for a in answers] == [200, 200], [a.text for a in answers]
     assert failed == []
     assert knob_server.knobs()["knobs"]["backend"]["value"] == "eager"
+
+
+def test_accuracy_gate_refuses_a_failing_precision_with_figures(knob_server: KnobServer) -> None:
+    assert asyncio.run(knob_server.put_knobs({"require_accuracy_check": True})).status_code == 200
+    try:
+        response = asyncio.run(knob_server.put_knobs({"precision": "int8"}))
+        assert response.status_code == 409, response.text
+        figures = response.json()["error"]["accuracy_check"]
+        assert figures["passed"] is False and figures["precision"] == "int8"
+        assert 0.0 <= figures["top1_agreement"] <= 1.0 and figures["mean_kl"] > 0.0
+        assert knob_server.knobs()["knobs"]["precision"]["value"] == "fp32"
+        samples = metric_samples(knob_server.metrics_text())
+        assert samples[("dssidecar_knob_changes_total", (("knob", "precision"), ("result", "refused")))] >= 1
+    finally:
+        asyncio.run(knob_server.put_knobs({"require_accuracy_check": False}))

@@ -5,14 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from dssidecar.engine.config import EngineConfig
 from dssidecar.engine.llm_engine import LLMEngine
 from dssidecar.engine.protocol import SamplingParams
 from dssidecar.kv_pool import KVPoolResizer, memory_figures
 from dssidecar.oom import FaultInjector, KVPoolAllocationError, is_out_of_memory
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 PARAMS = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
 PROMPTS = [[5 + i] * (6 + 5 * i) for i in range(6)]
