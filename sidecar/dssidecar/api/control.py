@@ -22,6 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse
+
 from dssidecar.knobs import (
     KnobApplyError,
     KnobController,
@@ -29,8 +32,6 @@ from dssidecar.knobs import (
     KnobUnsupportedError,
     KnobValidationError,
 )
-from fastapi import APIRouter, FastAPI, Request
-from fastapi.responses import JSONResponse
 
 TOKEN_ENV = "DSSIDECAR_CONTROL_TOKEN"
 TOKEN_FILE_ENV = "DSSIDECAR_CONTROL_TOKEN_FILE"
