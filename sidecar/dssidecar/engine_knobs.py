@@ -313,7 +313,7 @@ def attach_knobs(app: Any, async_engine: Any, config: Any) -> Any:
     if _is_loopback(host) and not control_port:
         app.include_router(build_control_router(controller, token))
     elif control_port:
-        _serve_control_in_thread(build_control_app(controller, token), int(control_port))
+        app.state.control_server = _serve_control_in_thread(build_control_app(controller, token), int(control_port))
     else:
         logger.warning(
             "host %s is not loopback and no control_port is set: /control is disabled (set DSSIDECAR_CONTROL_PORT)",
@@ -323,10 +323,12 @@ def attach_knobs(app: Any, async_engine: Any, config: Any) -> Any:
     return controller
 
 
-def _serve_control_in_thread(control_app: Any, port: int) -> None:
+def _serve_control_in_thread(control_app: Any, port: int) -> Any:
+    """A uvicorn server on 127.0.0.1:port in a daemon thread; set `.should_exit = True` to stop it."""
     import uvicorn
 
     server = uvicorn.Server(uvicorn.Config(control_app, host="127.0.0.1", port=port, log_config=None, access_log=False))
     thread = threading.Thread(target=server.run, name="dssidecar-control", daemon=True)
     thread.start()
     logger.info("/control listening on http://127.0.0.1:%d", port)
+    return server
