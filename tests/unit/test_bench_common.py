@@ -63,3 +63,12 @@ def test_workload_lengths_stay_in_range_and_are_seeded() -> None:
     # prompts are contiguous windows of the token stream
     assert all(r.prompt_token_ids == list(range(r.prompt_token_ids[0], r.prompt_token_ids[0] + len(r.prompt_token_ids)))
                for r in first)
+
+
+def test_paired_ratios_compare_runs_of_the_same_round() -> None:
+    from bench.engine_throughput import RequestTiming, WayResult, paired_ratios
+
+    ours = [WayResult("ours", [RequestTiming(1.0, 0.1, 100)], wall) for wall in (1.0, 2.0)]
+    baseline = [WayResult("base", [RequestTiming(1.0, 0.1, 50)], wall) for wall in (1.0, 1.0)]
+    assert paired_ratios(ours, baseline) == [2.0, 1.0]
+    assert paired_ratios(ours, baseline[:1]) == []  # a baseline that missed a round is not paired
