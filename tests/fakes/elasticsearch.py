@@ -27,7 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-#: the version the fake claims; elasticsearch-py 9 sends `compatible-with=9`, which only a 9.x server accepts
+#: the version the fake claims; a 9.x server accepts compatible-with=8 (our client) and =9, as the real one does
 VERSION = "9.1.0"
 _COMPAT = re.compile(r"compatible-with=(\d+)")
 _NUMERIC_TYPES = {"long", "integer", "short", "byte", "double", "float", "half_float", "scaled_float"}

@@ -19,8 +19,15 @@ def test_client_accepts_it_and_sees_the_product_header(fake_es: FakeElasticsearc
     assert info["version"]["number"].startswith("9.")
 
 
-def test_a_client_newer_than_the_server_is_refused_like_a_real_8x_cluster() -> None:
-    with FakeElasticsearch(version="8.17.0") as old_cluster:
+def test_the_8x_client_works_with_8x_and_9x_clusters() -> None:
+    """elasticsearch-py 8 sends compatible-with=8, which 8.x and 9.x servers both accept."""
+    for version in ("8.17.0", "9.1.0"):
+        with FakeElasticsearch(version=version) as cluster:
+            assert Elasticsearch(cluster.url).info()["version"]["number"] == version
+
+
+def test_a_client_newer_than_the_server_is_refused_like_a_real_cluster() -> None:
+    with FakeElasticsearch(version="7.17.0") as old_cluster:
         with pytest.raises(ApiError, match="media_type_header_exception"):
             Elasticsearch(old_cluster.url).info()
 
