@@ -22,7 +22,7 @@ $(DEMO_MODEL)/manifest.json: | venv
 
 # The main job on the embedded default: the agent supervising the sidecar on the demo model.
 run: venv
-	$(BIN)/dsagent run
+	$(BIN)/dsagent run --data-dir .cache/dsagent
 
 # The sidecar alone on the demo model.
 sidecar: venv $(DEMO_MODEL)/manifest.json

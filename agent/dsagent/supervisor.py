@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 ENGINE_LOG_MAX_BYTES = 50 * 1024 * 1024
 PROGRESS_LOG_SECONDS = 10.0  # "still waiting" lines while the engine loads
 EXIT_POLL_SECONDS = 0.5  # how soon a crashed engine is noticed (cheap: one waitpid per poll)
+DEMO_SERVED_MODEL_NAME = "demo-model"  # what clients send as `model` when the agent generated the demo model
 
 
 class EngineState(str, enum.Enum):
@@ -227,8 +228,11 @@ class EngineSupervisor:
         assert self.model_path is not None
         command = [*sidecar_command(), "serve", "--model", str(self.model_path),
                    "--host", self.engine.host, "--port", str(self.engine.port)]
-        if self.engine.served_model_name:
-            command += ["--served-model-name", self.engine.served_model_name]
+        served_model_name = self.engine.served_model_name
+        if served_model_name is None and self.engine.model is None:
+            served_model_name = DEMO_SERVED_MODEL_NAME  # a stable name for clients, whatever the training steps
+        if served_model_name:
+            command += ["--served-model-name", served_model_name]
         if self.otlp_endpoint:
             command += ["--otlp-endpoint", self.otlp_endpoint]
         return command + list(self.engine.extra_args)

@@ -47,6 +47,7 @@ def test_embedded_default_end_to_end(tmp_path: Path) -> None:
         assert (tmp_path / "data" / "models" / "demo-tiny-seed0-steps0" / "manifest.json").exists()
 
         model = httpx.get(engine + "/v1/models", timeout=10).json()["data"][0]["id"]
+        assert model == "demo-model"  # the README's examples use this name
         ids = []
         for i in range(3):
             response = httpx.post(engine + "/v1/chat/completions", timeout=60, json={
