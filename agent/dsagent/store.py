@@ -175,6 +175,10 @@ class TimeSeriesStore:
         self._lock = threading.RLock()
         self.out_of_order_dropped = 0
         self.samples_appended = 0
+        # No stored sample is older than this (the oldest ring head seen by the last expiry pass, lowered by
+        # appends of older samples), so an expiry whose cutoff is not past it has nothing to drop and skips
+        # the walk over every series (the collection job expires twice per tick; retention is minutes).
+        self._oldest_floor_seconds = math.inf
 
     def append(self, samples: Iterable[Sample]) -> int:
         """Add samples; returns how many were stored (out-of-order ones are dropped and counted)."""
@@ -196,6 +200,8 @@ class TimeSeriesStore:
                 ring.append(timestamp, float(sample.value))
                 if timestamp > newest_seen:
                     newest_seen = timestamp
+                if timestamp < self._oldest_floor_seconds:
+                    self._oldest_floor_seconds = timestamp
                 stored += 1
             self.samples_appended += stored
             if stored:
@@ -203,11 +209,19 @@ class TimeSeriesStore:
         return stored
 
     def _expire(self, cutoff_seconds: float) -> None:
+        if cutoff_seconds <= self._oldest_floor_seconds:
+            return  # nothing stored is older than the cutoff
         empty = []
+        oldest = math.inf
         for key, ring in self._series.items():
             ring.drop_older_than(cutoff_seconds)
-            if not len(ring):
+            if ring._count:
+                head = ring._times[ring._start]
+                if head < oldest:
+                    oldest = head
+            else:
                 empty.append(key)
+        self._oldest_floor_seconds = oldest
         for name, labels in empty:
             del self._series[(name, labels)]
             names = self._by_name.get(name)

@@ -24,6 +24,8 @@ TIME_TO_FIRST_TOKEN = "gen_ai.server.time_to_first_token"
 TIME_PER_OUTPUT_TOKEN = "gen_ai.server.time_per_output_token"
 TOKEN_USAGE = "gen_ai.client.token.usage"
 
+# Per instrument; more label sets than this means churn, not a fixed fleet of series.
+_MAX_CACHED_LABEL_SETS = 10_000
 _OTEL_UNITS = {"seconds": "s", "bytes": "By", "ratio": "1", "watts": "W", "hertz": "Hz", "celsius": "Cel"}
 
 
@@ -58,18 +60,19 @@ class SampleInstruments:
 
     def record(self, samples: Iterable[Sample]) -> None:
         new_instruments: list[Sample] = []
+        fresh_by_name = self._fresh  # hot path (hundreds of samples per tick): locals, one dict lookup each
         with self._lock:
             for sample in samples:
-                kind = self._kinds.get(sample.name)
-                if kind is None:
+                fresh = fresh_by_name.get(sample.name)
+                if fresh is None:
                     if sample.kind not in ("gauge", "counter"):
                         raise ValueError(
                             f"sample {sample.name!r} has kind {sample.kind!r}; expected 'gauge' or 'counter'"
                         )
                     self._kinds[sample.name] = sample.kind
-                    self._fresh[sample.name] = {}
+                    fresh = fresh_by_name[sample.name] = {}
                     new_instruments.append(sample)
-                self._fresh[sample.name][sample.labels] = sample.value
+                fresh[sample.labels] = sample.value
         for sample in new_instruments:
             callback = self._callback_for(sample.name)
             if sample.kind == "counter":
@@ -78,10 +81,21 @@ class SampleInstruments:
                 self._meter.create_observable_gauge(sample.name, [callback], unit=otel_unit(sample))
 
     def _callback_for(self, name: str) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        # Label tuple -> attribute dict, built once per series: the SDK only reads the attributes.
+        attributes_by_labels: dict[Labels, dict[str, str]] = {}
+
         def observe(options: CallbackOptions) -> Iterable[Observation]:
             with self._lock:
                 fresh, self._fresh[name] = self._fresh[name], {}
-            return [Observation(value, dict(labels)) for labels, value in fresh.items()]
+            if len(attributes_by_labels) > _MAX_CACHED_LABEL_SETS:
+                attributes_by_labels.clear()  # label churn (e.g. a knob's value label): start over
+            observations = []
+            for labels, value in fresh.items():
+                attributes = attributes_by_labels.get(labels)
+                if attributes is None:
+                    attributes = attributes_by_labels[labels] = dict(labels)
+                observations.append(Observation(value, attributes))
+            return observations
 
         return observe
 
