@@ -19,7 +19,7 @@ import httpx
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from dsagent.samples import Sample, make_labels
+from dsagent.samples import Labels, Sample, make_labels
 from dsagent.sources.base import SourceError
 from dsagent.sources.metric_metadata import METRICS_BY_NAME, metadata_for
 
@@ -91,15 +91,30 @@ def families_to_samples(
             suffix = sample.name[len(family.name) :]
             if suffix == "_created" or math.isnan(sample.value):
                 continue
-            name = base + suffix
-            labels = make_labels(dict(sample.labels))
+            cache_key = (base, family.type, suffix, tuple(sample.labels.items()))
+            series = _SERIES_CACHE.get(cache_key)
+            if series is None:
+                series = _series_for(base + suffix, family.type, suffix, sample.labels)
+                if len(_SERIES_CACHE) >= _MAX_CACHED_SERIES:
+                    _SERIES_CACHE.clear()  # label churn: start over rather than grow without bound
+                _SERIES_CACHE[cache_key] = series
+            name, labels, kind, unit = series
             if (name, labels) in seen:
                 continue
             seen.add((name, labels))
-            samples.append(
-                Sample(name, labels, float(sample.value), timestamp_seconds, _kind(family.type, name, suffix), _unit(name))
-            )
+            samples.append(Sample(name, labels, float(sample.value), timestamp_seconds, kind, unit))
     return samples
+
+
+# (stable base name, family type, suffix, parsed label items) -> (name, labels, kind, unit): the same few
+# hundred series come back every scrape, so their names, sorted label tuples and metadata are built once.
+_SeriesKey = tuple[str, str, str, tuple[tuple[str, str], ...]]
+_SERIES_CACHE: dict[_SeriesKey, tuple[str, Labels, str, str]] = {}
+_MAX_CACHED_SERIES = 20_000
+
+
+def _series_for(name: str, family_type: str, suffix: str, labels: dict[str, str]) -> tuple[str, Labels, str, str]:
+    return name, make_labels(labels), _kind(family_type, name, suffix), _unit(name)
 
 
 def _kind(family_type: str, name: str, suffix: str) -> str:
