@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from dsagent.export.config import ElasticsearchConfig, ExportConfig  # noqa: E402
 from dsagent.export.destination import DeadLetterFile  # noqa: E402
-from dsagent.export.documents import deterministic_id, iso_timestamp  # noqa: E402
+from dsagent.export.documents import Document, deterministic_id, iso_timestamp  # noqa: E402
 from dsagent.export.drainer import Backoff, SpoolDrainer  # noqa: E402
 from dsagent.export.elasticsearch import ElasticsearchDestination  # noqa: E402
 from dsagent.export.pipeline import TelemetryPipeline  # noqa: E402
@@ -92,17 +92,18 @@ def run_helpers_bulk(client: Elasticsearch, documents: list[tuple[str, str, dict
 def run_agent_exporter(url: str, documents: list[tuple[str, str, dict[str, Any]]], namespace: str,
                        work_dir: Path) -> tuple[float, float]:
     """Documents/s (serialize + spool append + drain, and the drain alone): the spool append is the
-    recording side's cost, paid while collecting; the drain is what runs when the destination is up."""
+    recording side's cost, paid while collecting; the drain is what runs when the destination is up.
+    Serializing uses the agent's own document encoder (`Document.encoded`), as the pipeline does."""
     config = ElasticsearchConfig.model_validate({"url": url, "namespace": namespace})
     destination = ElasticsearchDestination(config)
     assert destination.prepare() is None
     spool = Spool(work_dir / f"bench-{namespace}.sqlite3", max_bytes=10**10)
     stream = f"metrics-dsagent.gpu-{namespace}"
-    append_started = time.perf_counter()
-    spool.append([SpoolRecord(METRIC, stream, doc_id, json.dumps(body, separators=(",", ":")).encode())
-                  for doc_id, _, body in documents])
     drainer = SpoolDrainer(destination, spool, DeadLetterFile(work_dir / "dead.ndjson"), BATCH_DOCUMENTS,
                            Backoff(0.05, 0.5))
+    append_started = time.perf_counter()
+    spool.append([SpoolRecord(METRIC, stream, doc_id, Document(METRIC, "metrics", dataset, doc_id, body).encoded)
+                  for doc_id, dataset, body in documents])
     append_seconds = time.perf_counter() - append_started
     started = time.perf_counter()
     while spool.depth_documents:

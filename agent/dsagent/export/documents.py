@@ -34,6 +34,12 @@ METRICS = "metrics"
 LOGS = "logs"
 
 
+#: one encoder for every document: `json.dumps` with options builds a new encoder per call. Output is the
+#: same as `json.dumps(body, separators=(",", ":"), default=str)`; bodies are plain trees built here, never
+#: cyclic, so the circular-reference check is skipped.
+_ENCODE_JSON = json.JSONEncoder(separators=(",", ":"), default=str, check_circular=False).encode
+
+
 @dataclass(frozen=True)
 class Document:
     """One JSON document for a stream `<data_type>-<prefix>.<dataset>-<namespace>`."""
@@ -47,7 +53,7 @@ class Document:
     @cached_property
     def encoded(self) -> bytes:
         """The body as compact JSON, serialized once however many destinations store it."""
-        return json.dumps(self.body, separators=(",", ":"), default=str).encode()
+        return _ENCODE_JSON(self.body).encode()
 
     def json_bytes(self) -> bytes:
         return self.encoded

@@ -9,8 +9,11 @@ dropped (the spool then grows past its quota rather than lose them).
 Documents are stored in chunks, one row per run of same-kind documents of one append (up to
 MAX_CHUNK_DOCUMENTS): a row per document costs SQLite more than serializing the document did, and the
 hot paths (append, read a batch, acknowledge it) then touch a few rows instead of thousands. A document
-keeps its position `seq = chunk_id << 20 | index` for its whole life, also when an acknowledgement of
-part of a chunk rewrites that chunk with the rest. The quota drops whole metric chunks, oldest first.
+keeps its position `seq = chunk_id << 20 | index` for its whole life. A chunk row is written once:
+acknowledging part of it records those positions (one byte per position) and the acknowledged count and
+bytes in a small row of its own in `acked` - SQLite rewrites a whole record on any UPDATE, so touching
+the chunk row would copy its megabytes of payload again for every batch drained from it. Both rows go
+when the chunk's last document is acknowledged. The quota drops whole metric chunks, oldest first.
 """
 
 from __future__ import annotations
@@ -47,6 +50,12 @@ CREATE TABLE IF NOT EXISTS chunks (
     size_bytes INTEGER NOT NULL,
     payload BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS acked (
+    chunk_id INTEGER PRIMARY KEY,
+    documents INTEGER NOT NULL,
+    size_bytes INTEGER NOT NULL,
+    marks BLOB NOT NULL
+);
 """
 
 
@@ -73,37 +82,72 @@ class SpoolEntry(NamedTuple):
 
 
 def document_size_bytes(stream: str, doc_id: str, payload: bytes) -> int:
-    return len(payload) + len(stream) + len(doc_id) + ROW_OVERHEAD_BYTES
+    """The quota's estimate for one document (UTF-8 byte lengths, as stored in a chunk)."""
+    return len(payload) + len(stream.encode()) + len(doc_id.encode()) + ROW_OVERHEAD_BYTES
 
 
 def encode_chunk(documents: Sequence[tuple[int, str, str, bytes]]) -> bytes:
     """(index, stream, doc_id, payload) documents as one blob: header, lengths table, then the bytes."""
+    return _encode_chunk_sized(documents)[0]
+
+
+def _encode_chunk_sized(documents: Sequence[tuple[int, str, str, bytes]]) -> tuple[bytes, int]:
+    """The chunk blob and the documents' total `document_size_bytes`, in one pass."""
     lengths: list[int] = []
     parts: list[bytes] = [b""]
+    encoded_streams: dict[str, bytes] = {}  # a chunk usually holds a handful of streams
+    data_bytes = 0
     for index, stream, doc_id, payload in documents:
-        stream_bytes, id_bytes = stream.encode(), doc_id.encode()
+        stream_bytes = encoded_streams.get(stream)
+        if stream_bytes is None:
+            stream_bytes = encoded_streams[stream] = stream.encode()
+        id_bytes = doc_id.encode()
         lengths += (index, len(stream_bytes), len(id_bytes), len(payload))
         parts += (stream_bytes, id_bytes, payload)
     parts[0] = _HEAD.pack(_MAGIC, len(documents)) + struct.pack(f"<{len(lengths)}I", *lengths)
-    return b"".join(parts)
+    blob = b"".join(parts)
+    data_bytes = len(blob) - len(parts[0])
+    return blob, data_bytes + ROW_OVERHEAD_BYTES * len(documents)
 
 
-def decode_chunk(blob: bytes, limit: int | None = None) -> list[tuple[int, str, str, bytes]]:
-    """The chunk's documents (the first `limit` of them when given), in order."""
+def decode_chunk(
+    blob: bytes, limit: int | None = None, removed: bytes | None = None
+) -> list[tuple[int, str, str, bytes]]:
+    """The chunk's documents (the first `limit` of them when given), in order, leaving out the indexes
+    marked in `removed` (byte `index` nonzero: acknowledged already)."""
     count = _chunk_count(blob)
     lengths = struct.unpack_from(f"<{4 * count}I", blob, _HEAD.size)
     offset = _HEAD.size + 16 * count
-    documents = []
-    for number in range(count if limit is None else min(limit, count)):
+    wanted = count if limit is None else min(limit, count)
+    removed_length = len(removed) if removed else 0
+    streams: dict[bytes, str] = {}
+    documents: list[tuple[int, str, str, bytes]] = []
+    for number in range(count):
+        if len(documents) >= wanted:
+            break
         index, stream_length, id_length, payload_length = lengths[4 * number : 4 * number + 4]
         stream_end = offset + stream_length
         id_end = stream_end + id_length
         payload_end = id_end + payload_length
-        documents.append(
-            (index, blob[offset:stream_end].decode(), blob[stream_end:id_end].decode(), blob[id_end:payload_end])
-        )
+        if removed and index < removed_length and removed[index]:
+            offset = payload_end
+            continue
+        stream_bytes = blob[offset:stream_end]
+        stream = streams.get(stream_bytes)
+        if stream is None:
+            stream = streams[stream_bytes] = stream_bytes.decode()
+        documents.append((index, stream, blob[stream_end:id_end].decode(), blob[id_end:payload_end]))
         offset = payload_end
     return documents
+
+
+def _index_positions(lengths: Sequence[int]) -> dict[int, int] | None:
+    """index -> position in a chunk's lengths table; None when they are equal (a chunk as appended, indexes
+    0..count-1: indexes only ever increase, so the last one being count-1 proves it)."""
+    count = len(lengths) // 4
+    if count == 0 or lengths[4 * (count - 1)] == count - 1:
+        return None
+    return {lengths[4 * position]: position for position in range(count)}
 
 
 def chunk_indexes(blob: bytes) -> tuple[int, ...]:
@@ -155,8 +199,9 @@ class Spool:
             same_kind = list(run)
             for start in range(0, len(same_kind), MAX_CHUNK_DOCUMENTS):
                 part = same_kind[start : start + MAX_CHUNK_DOCUMENTS]
-                size = sum(document_size_bytes(r.stream, r.doc_id, r.payload) for r in part)
-                blob = encode_chunk([(index, r.stream, r.doc_id, r.payload) for index, r in enumerate(part)])
+                blob, size = _encode_chunk_sized(
+                    [(index, r.stream, r.doc_id, r.payload) for index, r in enumerate(part)]
+                )
                 chunks.append((kind, len(part), size, blob))
         with self._lock:
             self._check_open()
@@ -180,7 +225,9 @@ class Spool:
         dropped = 0
         doomed: list[int] = []
         cursor = self._db.execute(
-            "SELECT chunk_id, documents, size_bytes FROM chunks WHERE kind = ? ORDER BY chunk_id", (METRIC,)
+            "SELECT c.chunk_id, c.documents - COALESCE(a.documents, 0), c.size_bytes - COALESCE(a.size_bytes, 0) "
+            "FROM chunks c LEFT JOIN acked a USING (chunk_id) WHERE c.kind = ? ORDER BY c.chunk_id",
+            (METRIC,),
         )
         for chunk_id, documents, size in cursor:
             doomed.append(chunk_id)
@@ -190,6 +237,7 @@ class Spool:
                 break
         cursor.close()
         self._db.executemany("DELETE FROM chunks WHERE chunk_id = ?", [(chunk_id,) for chunk_id in doomed])
+        self._db.executemany("DELETE FROM acked WHERE chunk_id = ?", [(chunk_id,) for chunk_id in doomed])
         self._size_bytes -= freed
         self._depth_documents -= dropped
         self.dropped_metric_documents += dropped
@@ -202,12 +250,15 @@ class Spool:
         entries: list[SpoolEntry] = []
         with self._lock:
             self._check_open()
-            cursor = self._db.execute("SELECT chunk_id, kind, payload FROM chunks ORDER BY chunk_id")
-            for chunk_id, kind, blob in cursor:
+            cursor = self._db.execute(
+                "SELECT c.chunk_id, c.kind, c.payload, a.marks FROM chunks c LEFT JOIN acked a USING (chunk_id) "
+                "ORDER BY c.chunk_id"
+            )
+            for chunk_id, kind, blob, removed in cursor:
                 base = chunk_id << _INDEX_BITS
                 entries.extend(
                     SpoolEntry(base | index, kind, stream, doc_id, payload)
-                    for index, stream, doc_id, payload in decode_chunk(blob, limit - len(entries))
+                    for index, stream, doc_id, payload in decode_chunk(blob, limit - len(entries), removed)
                 )
                 if len(entries) >= limit:
                     break
@@ -229,33 +280,47 @@ class Spool:
             try:
                 for chunk_id, indexes in by_chunk.items():
                     row = self._db.execute(
-                        "SELECT documents, size_bytes, substr(payload, 1, ? + 16 * documents) FROM chunks "
-                        "WHERE chunk_id = ?",
-                        (_HEAD.size, chunk_id),
+                        "SELECT c.documents, c.size_bytes, a.documents, a.size_bytes, a.marks "
+                        "FROM chunks c LEFT JOIN acked a USING (chunk_id) WHERE c.chunk_id = ?",
+                        (chunk_id,),
                     ).fetchone()
                     if row is None:
                         continue  # dropped by the quota meanwhile
-                    documents, size, header = row
-                    if indexes.issuperset(chunk_indexes(header)):  # the whole chunk: no need to read it
+                    chunk_documents, chunk_size, acked_documents, acked_size, removed = row
+                    documents = chunk_documents - (acked_documents or 0)
+                    size = chunk_size - (acked_size or 0)
+                    lengths = self._read_lengths_locked(chunk_id)
+                    count = len(lengths) // 4
+                    positions = _index_positions(lengths)
+                    marks = bytearray(removed or b"")
+                    gone: list[tuple[int, int]] = []  # (index, position) of documents acknowledged now
+                    for index in indexes:
+                        position = (index if 0 <= index < count else None) if positions is None else positions.get(index)
+                        if position is not None and not (index < len(marks) and marks[index]):
+                            gone.append((index, position))
+                    if not gone:
+                        continue
+                    if len(gone) == documents:  # the rest of the chunk: the rows go
                         self._db.execute("DELETE FROM chunks WHERE chunk_id = ?", (chunk_id,))
+                        if removed is not None:
+                            self._db.execute("DELETE FROM acked WHERE chunk_id = ?", (chunk_id,))
                         removed_documents += documents
                         removed_bytes += size
                         continue
-                    (blob,) = self._db.execute(
-                        "SELECT payload FROM chunks WHERE chunk_id = ?", (chunk_id,)
-                    ).fetchone()
-                    kept = [document for document in decode_chunk(blob) if document[0] not in indexes]
-                    gone = documents - len(kept)
-                    if gone:
-                        kept_size = sum(document_size_bytes(s, i, p) for _, s, i, p in kept)
-                        self._db.execute(
-                            "UPDATE chunks SET documents = ?, size_bytes = ?, payload = ? WHERE chunk_id = ?",
-                            (len(kept), kept_size, encode_chunk(kept), chunk_id),
-                        )
-                        freed = size - kept_size
-                    else:
-                        continue
-                    removed_documents += gone
+                    freed = ROW_OVERHEAD_BYTES * len(gone) + sum(
+                        lengths[4 * position + 1] + lengths[4 * position + 2] + lengths[4 * position + 3]
+                        for _, position in gone
+                    )
+                    needed = max(index for index, _ in gone) + 1
+                    if len(marks) < needed:
+                        marks.extend(bytes(needed - len(marks)))
+                    for index, _ in gone:
+                        marks[index] = 1
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO acked (chunk_id, documents, size_bytes, marks) VALUES (?, ?, ?, ?)",
+                        (chunk_id, chunk_documents - documents + len(gone), chunk_size - size + freed, bytes(marks)),
+                    )
+                    removed_documents += len(gone)
                     removed_bytes += freed
                 self._db.execute("COMMIT")
             except BaseException:
@@ -265,6 +330,24 @@ class Spool:
             self._depth_documents -= removed_documents
             self._size_bytes -= removed_bytes
         return removed_documents
+
+    def _read_lengths_locked(self, chunk_id: int) -> tuple[int, ...]:
+        """The chunk's lengths table (index, stream, id, payload lengths per document), read incrementally:
+        the documents' bytes stay on disk."""
+        if not hasattr(self._db, "blobopen"):  # Python < 3.11: SQLite's substr (reads the whole value)
+            (head,) = self._db.execute(
+                "SELECT substr(payload, 1, ?) FROM chunks WHERE chunk_id = ?", (_HEAD.size, chunk_id)
+            ).fetchone()
+            (header,) = self._db.execute(
+                "SELECT substr(payload, 1, ?) FROM chunks WHERE chunk_id = ?",
+                (_HEAD.size + 16 * _chunk_count(head), chunk_id),
+            ).fetchone()
+        else:
+            with self._db.blobopen("chunks", "payload", chunk_id, readonly=True) as payload:
+                head = payload.read(_HEAD.size)
+                header = head + payload.read(16 * _chunk_count(head))
+        count = _chunk_count(header)
+        return struct.unpack_from(f"<{4 * count}I", header, _HEAD.size)
 
     # -- state ---------------------------------------------------------------------------------
     @property
@@ -282,7 +365,10 @@ class Spool:
                 self._db.close()
 
     def _recount_locked(self) -> None:
-        row = self._db.execute("SELECT COALESCE(SUM(documents), 0), COALESCE(SUM(size_bytes), 0) FROM chunks")
+        row = self._db.execute(
+            "SELECT (SELECT COALESCE(SUM(documents), 0) FROM chunks) - (SELECT COALESCE(SUM(documents), 0) FROM acked), "
+            "(SELECT COALESCE(SUM(size_bytes), 0) FROM chunks) - (SELECT COALESCE(SUM(size_bytes), 0) FROM acked)"
+        )
         self._depth_documents, self._size_bytes = (int(value) for value in row.fetchone())
 
     def _check_open(self) -> None:

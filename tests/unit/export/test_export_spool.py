@@ -19,6 +19,7 @@ from dsagent.export.spool import (
     Spool,
     SpoolRecord,
     decode_chunk,
+    document_size_bytes,
     encode_chunk,
 )
 from hypothesis import given, settings
@@ -185,3 +186,61 @@ def test_chunk_encoding_round_trips(documents: list[tuple[int, str, str, bytes]]
 def test_a_foreign_blob_is_refused_by_name() -> None:
     with pytest.raises(ValueError, match="not a dsagent spool chunk"):
         decode_chunk(b"XXXX\x00\x00\x00\x00")
+
+
+def test_partial_acks_of_a_large_chunk_leave_its_row_untouched_and_survive_reopening(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "s.sqlite3"
+    spool = Spool(path, max_bytes=10**9)
+    spool.append([record(METRIC, i, 20) for i in range(1000)])  # one chunk
+    full_size = spool.size_bytes
+    first = spool.peek(300)
+    assert spool.ack(entry.seq for entry in first) == 300
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT documents FROM chunks").fetchone() == (1000,)  # the chunk row (and its payload) was not rewritten
+        assert db.execute("SELECT documents FROM acked").fetchone() == (300,)
+    left_size = full_size - sum(document_size_bytes(e.stream, e.doc_id, e.payload) for e in first)
+    assert spool.size_bytes == left_size
+    spool.close()
+    reopened = Spool(path, max_bytes=10**9)
+    assert reopened.depth_documents == 700 and reopened.size_bytes == left_size
+    rest = reopened.peek(2000)
+    assert [entry.doc_id for entry in rest] == [f"id-{i}" for i in range(300, 1000)]
+    assert reopened.ack([first[0].seq, rest[0].seq]) == 1  # an already acknowledged one counts nothing
+    assert reopened.ack(entry.seq for entry in rest) == 699
+    assert reopened.depth_documents == 0 and reopened.size_bytes == 0
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT COUNT(*) FROM chunks").fetchone() == (0,)
+        assert db.execute("SELECT COUNT(*) FROM acked").fetchone() == (0,)
+
+
+def test_quota_counts_only_unacknowledged_bytes_of_a_partly_drained_chunk(tmp_path: Path) -> None:
+    per_document = ROW_OVERHEAD_BYTES + len("stream") + len("id-0") + 100
+    spool = Spool(tmp_path / "s.sqlite3", max_bytes=10 * per_document)
+    spool.append([record(METRIC, i, 100) for i in range(8)])
+    spool.ack(entry.seq for entry in spool.peek(6))  # 2 left in the chunk
+    spool.append([record(METRIC, i, 100) for i in range(8)])  # 10 documents' worth: fits without a drop
+    assert spool.dropped_metric_documents == 0 and spool.depth_documents == 10
+    spool.append([record(REQUEST, 99, 100)])  # over by one document: the partly drained chunk goes first
+    assert spool.dropped_metric_documents == 2
+    assert [entry.doc_id for entry in spool.peek(1)] == ["id-0"] and spool.depth_documents == 9
+
+
+def test_a_spool_written_before_the_acked_table_existed_opens_and_drains(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE chunks (chunk_id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, "
+                   "documents INTEGER NOT NULL, size_bytes INTEGER NOT NULL, payload BLOB NOT NULL)")
+        # a chunk the old code had rewritten after acknowledging its documents 0 and 2: indexes 1, 3
+        db.execute("INSERT INTO chunks (kind, documents, size_bytes, payload) VALUES (?, ?, ?, ?)",
+                   (METRIC, 2, 2 * (ROW_OVERHEAD_BYTES + 6 + 4 + 1),
+                    encode_chunk([(1, "stream", "id-1", b"x"), (3, "stream", "id-3", b"x")])))
+    spool = Spool(path, max_bytes=10**9)
+    entries = spool.peek(10)
+    assert [entry.doc_id for entry in entries] == ["id-1", "id-3"] and spool.depth_documents == 2
+    assert spool.ack([entries[1].seq]) == 1
+    assert [entry.doc_id for entry in spool.peek(10)] == ["id-1"]
+    assert spool.ack([entries[0].seq]) == 1 and spool.size_bytes == 0
