@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable
 
-from dsagent.samples import Sample, make_labels
+from dsagent.samples import Labels, Sample, make_labels
 from dsagent.sources.base import SourceError
 from dsagent.sources.gpu_backend import (
     ECC_COUNTER_KEYS,
@@ -54,17 +54,22 @@ def readings_to_samples(readings: list[GpuReading], timestamp_seconds: float) ->
     samples: list[Sample] = []
 
     def add(name: str, value: float, labels: dict[str, str]) -> None:
+        add_labelled(name, value, make_labels(labels))
+
+    def add_labelled(name: str, value: float, labels: Labels) -> None:
         meta = METRICS_BY_NAME[name]
-        samples.append(Sample(name, make_labels(labels), float(value), timestamp_seconds, meta.kind, meta.unit))
+        samples.append(Sample(name, labels, float(value), timestamp_seconds, meta.kind, meta.unit))
 
     for reading in readings:
         gpu = {"gpu_index": str(reading.index), "gpu_uuid": reading.uuid, "gpu_name": reading.name}
+        gpu_labels = make_labels(gpu)  # sorted once per GPU, shared by its scalar fields
         for attribute, name in _SCALAR_FIELDS:
             value = getattr(reading, attribute)
             if value is not None:
-                add(name, value, gpu)
+                add_labelled(name, value, gpu_labels)
         if reading.memory_used_bytes is not None and reading.memory_total_bytes:
-            add("dsagent_gpu_memory_used_ratio", reading.memory_used_bytes / reading.memory_total_bytes, gpu)
+            add_labelled("dsagent_gpu_memory_used_ratio", reading.memory_used_bytes / reading.memory_total_bytes,
+                         gpu_labels)
         if reading.throttle_reasons_bitmask is not None:
             for reason, bit in THROTTLE_REASON_BITS.items():
                 active = 1.0 if reading.throttle_reasons_bitmask & bit else 0.0
