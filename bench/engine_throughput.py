@@ -602,7 +602,8 @@ def bench_size(size: str, arch: str, args: argparse.Namespace) -> dict[str, floa
         f"p99 TTFT at concurrency {TTFT_CONCURRENCY} / single TTFT (prompt {TTFT_PROMPT_TOKENS}), steady state: "
         f"closed loop, {STEADY_STATE_REQUESTS} requests (outputs {STEADY_STATE_OUTPUT_TOKENS_RANGE[0]}-"
         f"{STEADY_STATE_OUTPUT_TOKENS_RANGE[1]} tokens), first {STEADY_STATE_RAMP_UP_REQUESTS} (ramp-up) excluded",
-        f"{ttft['steady_ttft_ratio']:.2f}x ({steady_p99_ms:.0f} / {single_ms:.0f} ms)",
+        f"{ttft['steady_ttft_ratio']:.2f}x ({steady_p99_ms:.0f} / {single_ms:.0f} ms; steady p50 "
+        f"{ttft[f'steady_concurrency{TTFT_CONCURRENCY}_ttft_p50_seconds'] * 1000:.0f} ms)",
         f"<= {TARGET_TTFT_RATIO}x", verdict(ttft["steady_ttft_ratio"], TARGET_TTFT_RATIO, higher_is_better=False)])
     target_rows.append([
         f"p99 TTFT at concurrency {TTFT_CONCURRENCY} / single TTFT (prompt {TTFT_PROMPT_TOKENS}), burst: "
