@@ -130,13 +130,78 @@ def _unit(name: str) -> str:
     return meta.unit if meta is not None else ""
 
 
-def parse_prometheus_text(text: str, timestamp_seconds: float, keep_unmapped: bool = True) -> list[Sample]:
-    """Parse one scrape body. Raises ValueError naming the problem when the text is not Prometheus format."""
+def parse_prometheus_text(
+    text: str, timestamp_seconds: float, keep_unmapped: bool = True, cache: FamilyBlockCache | None = None
+) -> list[Sample]:
+    """Parse one scrape body. Raises ValueError naming the problem when the text is not Prometheus format.
+
+    With `cache`, family blocks unchanged since the previous scrape are not parsed again (same result)."""
     try:
-        families = list(text_string_to_metric_families(text))
+        families = cache.parse(text) if cache is not None else list(text_string_to_metric_families(text))
     except Exception as error:  # the parser raises ValueError/IndexError/TypeError on malformed lines
         raise ValueError(f"engine /metrics is not valid Prometheus text: {error}") from error
     return families_to_samples(families, timestamp_seconds, keep_unmapped)
+
+
+_HELP_LINE = re.compile(r"# HELP ([a-zA-Z_:][a-zA-Z0-9_:]*)(?: |$)")
+
+
+def split_family_blocks(text: str) -> list[str]:
+    """Cut the text before each `# HELP X` line whose X was not named by a HELP/TYPE line of the current block.
+
+    prometheus_client's parser resets its whole state on a HELP line for a name other than the family it
+    is in, and that family can only be one named in the current block, so parsing the blocks one by one
+    yields exactly the families of parsing the whole text. Lines are split on "\\n" only, as the parser does.
+    """
+    blocks: list[str] = []
+    block_start = 0
+    names: set[str] = set()
+    position = 0
+    length = len(text)
+    while position < length:
+        end = text.find("\n", position)
+        end = length if end < 0 else end + 1
+        line = text[position:end]
+        if line.lstrip().startswith("#"):
+            match = _HELP_LINE.match(line)
+            if match is not None and match.group(1) not in names:
+                if position > block_start:
+                    blocks.append(text[block_start:position])
+                block_start = position
+                names = {match.group(1)}
+            else:  # any other comment may name the family the parser is in: every word counts (never cut wrongly)
+                names.update(word.strip('"') for word in line.split())
+        position = end
+    if block_start < length:
+        blocks.append(text[block_start:])
+    return blocks
+
+
+class FamilyBlockCache:
+    """The parsed families of each family block of the previous scrape, keyed by the block's exact text.
+
+    Between two scrapes most blocks (knobs, KV pool, creation times, histograms no request touched) are
+    byte-identical; only the changed ones go through prometheus_client's parser again. Holds one scrape's
+    blocks, so its size follows the exposition's.
+    """
+
+    def __init__(self) -> None:
+        self._families_by_block: dict[str, list[Metric]] = {}
+
+    def parse(self, text: str) -> list[Metric]:
+        previous = self._families_by_block
+        current: dict[str, list[Metric]] = {}
+        families: list[Metric] = []
+        for block in split_family_blocks(text):
+            parsed = current.get(block)
+            if parsed is None:
+                parsed = previous.get(block)
+                if parsed is None:
+                    parsed = list(text_string_to_metric_families(block))
+                current[block] = parsed
+            families.extend(parsed)
+        self._families_by_block = current
+        return families
 
 
 @dataclass(frozen=True)
@@ -169,6 +234,7 @@ class EngineScrapeSource:
         self._clock = clock
         self._client = httpx.Client(timeout=timeout_seconds, transport=transport)
         self._last_load = EngineLoadSnapshot(None, None, None)
+        self._block_cache = FamilyBlockCache()
 
     def collect(self) -> list[Sample]:
         started = time.monotonic()
@@ -176,7 +242,7 @@ class EngineScrapeSource:
             response = self._client.get(self.url, headers={"Accept": "text/plain;version=0.0.4"})
             response.raise_for_status()
             now = self._clock()
-            samples = parse_prometheus_text(response.text, now, self._keep_unmapped)
+            samples = parse_prometheus_text(response.text, now, self._keep_unmapped, self._block_cache)
         except (httpx.HTTPError, ValueError) as error:
             raise SourceError(f"engine metrics at {self.url} unreadable: {error}", [self._up(0.0)]) from error
         duration = time.monotonic() - started
