@@ -2,8 +2,11 @@
 
 Same documents, same cluster, same run: the fake Elasticsearch runs as a separate process on loopback
 (tests/fakes/elasticsearch.py), the baseline is elasticsearch-py's `helpers.bulk` with op_type create and
-the same ids, the project side is the agent's spool drainer (SQLite spool -> bulk create -> ack). Runs
-alternate and repeat; medians with min-max are printed. Then the time to drain a backlog: N minutes at
+the same ids, the project side is the agent's spool drainer (SQLite spool -> bulk create -> ack). Before
+every run of either side the cluster gets the agent's index templates (untimed), so both write into the
+same kind of data stream with the same mappings, as on a cluster the agent feeds. Runs alternate and
+repeat; medians with min-max are printed, and the bench process's own CPU seconds per 1,000 documents
+(the client side alone; steadier than wall time when other processes share the CPU). Then the time to drain a backlog: N minutes at
 1 Hz of 8 GPUs x 20 metrics plus requests, recorded through the real pipeline (OTel SDK -> spool) while
 the destination is down, drained when it comes back.
 
@@ -79,21 +82,32 @@ def metric_documents(count: int, seed_ns: int) -> list[tuple[str, str, dict[str,
     return documents
 
 
-def run_helpers_bulk(client: Elasticsearch, documents: list[tuple[str, str, dict[str, Any]]], namespace: str) -> float:
+def install_templates(url: str) -> None:
+    """The agent's index templates, as the agent installs them (the cluster state both sides write into)."""
+    destination = ElasticsearchDestination(ElasticsearchConfig.model_validate({"url": url}))
+    reason = destination.prepare()
+    destination.close()
+    assert reason is None, reason
+
+
+def run_helpers_bulk(client: Elasticsearch, documents: list[tuple[str, str, dict[str, Any]]],
+                     namespace: str) -> tuple[float, float]:
+    """Documents/s and the client's CPU seconds per 1,000 documents."""
     index = f"metrics-dsagent.gpu-{namespace}"
     actions = ({"_op_type": "create", "_index": index, "_id": doc_id, "_source": body} for doc_id, _, body in documents)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     success, errors = helpers.bulk(client, actions, chunk_size=BATCH_DOCUMENTS, max_retries=0, raise_on_error=True)
-    elapsed = time.perf_counter() - started
+    elapsed, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
     assert success == len(documents) and not errors, (success, errors)
-    return len(documents) / elapsed
+    return len(documents) / elapsed, 1000 * cpu_seconds / len(documents)
 
 
 def run_agent_exporter(url: str, documents: list[tuple[str, str, dict[str, Any]]], namespace: str,
-                       work_dir: Path) -> tuple[float, float]:
+                       work_dir: Path) -> tuple[float, float, float]:
     """Documents/s (serialize + spool append + drain, and the drain alone): the spool append is the
     recording side's cost, paid while collecting; the drain is what runs when the destination is up.
-    Serializing uses the agent's own document encoder (`Document.encoded`), as the pipeline does."""
+    Serializing uses the agent's own document encoder (`Document.encoded`), as the pipeline does.
+    Third: the client's CPU seconds per 1,000 documents (serialize + spool + drain)."""
     config = ElasticsearchConfig.model_validate({"url": url, "namespace": namespace})
     destination = ElasticsearchDestination(config)
     assert destination.prepare() is None
@@ -101,7 +115,7 @@ def run_agent_exporter(url: str, documents: list[tuple[str, str, dict[str, Any]]
     stream = f"metrics-dsagent.gpu-{namespace}"
     drainer = SpoolDrainer(destination, spool, DeadLetterFile(work_dir / "dead.ndjson"), BATCH_DOCUMENTS,
                            Backoff(0.05, 0.5))
-    append_started = time.perf_counter()
+    append_started, cpu_started = time.perf_counter(), time.process_time()
     spool.append([SpoolRecord(METRIC, stream, doc_id, Document(METRIC, "metrics", dataset, doc_id, body).encoded)
                   for doc_id, dataset, body in documents])
     append_seconds = time.perf_counter() - append_started
@@ -109,10 +123,12 @@ def run_agent_exporter(url: str, documents: list[tuple[str, str, dict[str, Any]]
     while spool.depth_documents:
         drainer.drain_once()
     drain_seconds = time.perf_counter() - started
+    cpu_seconds = time.process_time() - cpu_started
     assert drainer.sent_documents == len(documents) and drainer.dead_lettered_documents == 0
     spool.close()
     destination.close()
-    return len(documents) / (append_seconds + drain_seconds), len(documents) / drain_seconds
+    return (len(documents) / (append_seconds + drain_seconds), len(documents) / drain_seconds,
+            1000 * cpu_seconds / len(documents))
 
 
 def run_backlog(url: str, minutes: float, requests_per_second: float, work_dir: Path) -> dict[str, float]:
@@ -185,17 +201,24 @@ def main() -> int:
         baseline: list[float] = []
         agent: list[float] = []
         agent_drain: list[float] = []
+        baseline_cpu: list[float] = []
+        agent_cpu: list[float] = []
         with tempfile.TemporaryDirectory() as work:
             for repeat in range(args.repeats):
                 order = ("agent", "baseline") if repeat % 2 == 0 else ("baseline", "agent")
                 for side in order:
                     namespace = f"{side}{repeat}"
+                    install_templates(url)
                     if side == "baseline":
-                        baseline.append(run_helpers_bulk(client, documents, namespace))
+                        rate, cpu_per_thousand = run_helpers_bulk(client, documents, namespace)
+                        baseline.append(rate)
+                        baseline_cpu.append(cpu_per_thousand)
                     else:
-                        with_append, drain_only = run_agent_exporter(url, documents, namespace, Path(work))
+                        with_append, drain_only, cpu_per_thousand = run_agent_exporter(
+                            url, documents, namespace, Path(work))
                         agent.append(with_append)
                         agent_drain.append(drain_only)
+                        agent_cpu.append(cpu_per_thousand)
                 client.perform_request("POST", "/_fake/reset", headers={"content-type": "application/json"})
                 print(f"repeat {repeat + 1}/{args.repeats}: agent {agent[-1]:,.0f} docs/s "
                       f"(drain {agent_drain[-1]:,.0f}), helpers.bulk {baseline[-1]:,.0f} docs/s", file=sys.stderr)
@@ -206,6 +229,8 @@ def main() -> int:
             figures["helpers_bulk_documents_per_second_min"] = min(baseline)
             figures["helpers_bulk_documents_per_second_max"] = max(baseline)
             figures["export_drain_documents_per_second"] = statistics.median(agent_drain)
+            figures["export_client_cpu_seconds_per_1000_documents"] = statistics.median(agent_cpu)
+            figures["helpers_bulk_client_cpu_seconds_per_1000_documents"] = statistics.median(baseline_cpu)
             figures["export_vs_helpers_bulk_ratio"] = statistics.median(a / b for a, b in zip(agent, baseline, strict=True))
             figures["export_drain_vs_helpers_bulk_ratio"] = statistics.median(
                 a / b for a, b in zip(agent_drain, baseline, strict=True))
@@ -225,6 +250,10 @@ def main() -> int:
         ("agent / helpers.bulk (with spool append)", f"{figures['export_vs_helpers_bulk_ratio']:.2f}x",
          "target >= 0.8x"),
         ("agent / helpers.bulk (drain only)", f"{figures['export_drain_vs_helpers_bulk_ratio']:.2f}x", ""),
+        ("client CPU per 1,000 docs: agent (serialize + spool + drain)",
+         f"{1000 * figures['export_client_cpu_seconds_per_1000_documents']:.1f} ms", "bench process CPU time"),
+        ("client CPU per 1,000 docs: helpers.bulk",
+         f"{1000 * figures['helpers_bulk_client_cpu_seconds_per_1000_documents']:.1f} ms", "bench process CPU time"),
         (f"backlog: {args.backlog_minutes:g} min at 1 Hz, 8 GPUs x {len(GPU_METRICS)} metrics "
          f"+ {args.requests_per_second:g} req/s", f"{figures['backlog_documents']:,.0f} docs",
          f"{figures['backlog_spool_bytes'] / 1e6:,.1f} MB spooled"),
