@@ -53,3 +53,10 @@ def test_steady_state_output_lengths_vary_around_the_single_request_length() -> 
     assert low < engine_throughput.TTFT_OUTPUT_TOKENS < high
     assert (low + high) / 2 == engine_throughput.TTFT_OUTPUT_TOKENS  # same mean work per request
     assert engine_throughput.STEADY_STATE_RAMP_UP_REQUESTS < engine_throughput.STEADY_STATE_REQUESTS
+
+
+def test_a_request_whose_text_came_in_one_chunk_is_flagged_as_time_to_first_text() -> None:
+    assert RequestTiming(1.0, 0.99, output_tokens=16, text_chunks=1).first_text_only_at_end
+    assert not RequestTiming(1.0, 0.1, output_tokens=16, text_chunks=16).first_text_only_at_end
+    assert not RequestTiming(1.0, 0.1, output_tokens=1, text_chunks=1).first_text_only_at_end  # one token: fine
+    assert not RequestTiming(1.0, 0.1, output_tokens=16).first_text_only_at_end  # not a streamed way
