@@ -6,10 +6,10 @@ import logging
 from types import SimpleNamespace
 
 import pytest
-from conftest import ScriptedNvml, full_h100_values
 from dsagent.sources.gpu import GpuSource
 from dsagent.sources.gpu_backend import GpuUnavailable
 from dsagent.sources.nvml_backend import NA, NvmlBackend, nvml_error
+from scripted_nvml import ScriptedNvml, full_h100_values
 
 
 def nvml_has_a_gpu() -> bool:
