@@ -9,7 +9,16 @@ number of tokens (EOS disabled everywhere, so token counts match):
                       each request asked for are counted (the padding to the longest output is waste)
   hf-continuous       transformers' own continuous batching (`init_continuous_batching`, per-request
                       max_new_tokens, KV cache sized explicitly: num_blocks, max_batch_tokens, page_size)
-  dssidecar           the real `dssidecar serve` process, 32 concurrent streaming HTTP requests (httpx)
+  dssidecar-in-process  dssidecar's engine (`AsyncLLMEngine`) in this process, the same 32 requests
+                      (token-id prompts, max_tokens, ignore_eos) submitted concurrently; no HTTP, no client
+                      competing with the engine for the cores - the engine's own speed, beside the HF
+                      baselines that also run in-process
+  dssidecar           the real `dssidecar serve` process, 32 concurrent streaming HTTP requests (httpx); the
+                      server and the client share the machine's cores
+
+All ways use the same torch thread count: the server's rule (DSSIDECAR_NUM_THREADS, else every usable
+core; dssidecar.device.configure_cpu_threads) applied in this process for the HF baselines and the
+in-process engine, and passed to `dssidecar serve` as --num-threads; the script prints it.
 
 Figures per way: output tokens/s, p50/p99 latency, p50/p99 time to first token. Then the TTFT check,
 p99 TTFT at concurrency 8 against the median TTFT of single requests (same prompt length), two ways:
@@ -22,7 +31,8 @@ p99 TTFT at concurrency 8 against the median TTFT of single requests (same promp
   burst         8 requests sent in the same instant (all prefilled in one engine step, compute bound on a
                 CPU); shown as information.
 Targets (issue 3): dssidecar >= 8x one-at-a-time, >= 1.5x static batch, >= 2x transformers' continuous
-batching, and p99 TTFT at concurrency 8 <= 2x single-request TTFT.
+batching, and p99 TTFT at concurrency 8 <= 2x single-request TTFT. Each throughput target is shown twice:
+for the in-process engine and for the HTTP server (the TTFT check runs over HTTP only).
 
     .venv/bin/python bench/engine_throughput.py [--sizes tiny,small] [--full] [--json FILE]
 """
@@ -416,6 +426,72 @@ def run_dssidecar(server: SidecarServer, requests: list[BenchRequest]) -> WayRes
     return WayResult("dssidecar (HTTP, continuous batching)", timings, wall, note, requested_tokens=requested)
 
 
+class InProcessEngine:
+    """dssidecar's AsyncLLMEngine in this process, with the server's engine settings.
+
+    The engine thread hands its outputs to the event loop it was started on, so that loop lives as long as
+    the engine (across rounds), unlike the HTTP client's `asyncio.run` loops."""
+
+    def __init__(self, model_dir: Path, max_batch_size: int, num_threads: int) -> None:
+        from dssidecar.engine.async_engine import AsyncLLMEngine
+        from dssidecar.engine.config import EngineConfig
+
+        self.config = EngineConfig(max_batch_size=max_batch_size, num_threads=num_threads)
+        self.engine = AsyncLLMEngine.from_model_path(model_dir, self.config)
+        self.loop = asyncio.new_event_loop()
+        self.loop.run_until_complete(self.engine.start())
+        self._requests_sent = 0
+
+    def __enter__(self) -> InProcessEngine:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.loop.run_until_complete(self.engine.shutdown(5.0))
+        self.loop.close()
+
+    def engine_thread_torch_threads(self) -> int:
+        """torch's thread count as seen on the engine's own thread, where the model steps run."""
+        import torch
+
+        return int(self.engine.run_between_steps(torch.get_num_threads).result(timeout=60))
+
+    async def _one(self, request: BenchRequest) -> RequestTiming:
+        from dssidecar.engine.protocol import SamplingParams
+
+        self._requests_sent += 1
+        params = SamplingParams(max_tokens=request.max_new_tokens, temperature=0.0, ignore_eos=True)
+        sent = time.perf_counter()
+        first: float | None = None
+        tokens = 0
+        async for output in self.engine.generate(f"bench-{self._requests_sent}", request.prompt_token_ids, params):
+            if output.token_ids:
+                tokens += len(output.token_ids)
+                if first is None:
+                    first = time.perf_counter()
+        done = time.perf_counter()
+        return RequestTiming(done - sent, (first or done) - sent, tokens)
+
+    async def _concurrent(self, requests: list[BenchRequest]) -> tuple[float, list[RequestTiming]]:
+        started = time.perf_counter()
+        timings = await asyncio.gather(*(self._one(request) for request in requests))
+        return time.perf_counter() - started, list(timings)
+
+    def run_concurrent(self, requests: list[BenchRequest]) -> tuple[float, list[RequestTiming]]:
+        """All `requests` submitted at once; (wall seconds, per-request timings in request order)."""
+        return self.loop.run_until_complete(self._concurrent(requests))
+
+
+def run_dssidecar_in_process(engine: InProcessEngine, requests: list[BenchRequest]) -> WayResult:
+    engine.run_concurrent(requests[:2])  # warm-up, like the HTTP way
+    wall, timings = engine.run_concurrent(requests)
+    requested = sum(r.max_new_tokens for r in requests)
+    produced = sum(t.output_tokens for t in timings)
+    note = f"{len(requests)} concurrent requests to AsyncLLMEngine, no HTTP, ignore_eos"
+    if produced != requested:
+        note += f"; produced {produced} of {requested} requested tokens"
+    return WayResult("dssidecar engine, in-process", timings, wall, note, requested_tokens=requested)
+
+
 async def run_closed_loop(base_url: str, model: str, requests: list[BenchRequest], concurrency: int,
                           stagger_seconds: float) -> list[tuple[float, RequestTiming]]:
     """`concurrency` workers; each sends the next unsent request as soon as its previous one finished.
@@ -530,13 +606,30 @@ def bench_size(size: str, arch: str, args: argparse.Namespace) -> dict[str, floa
     note = "" if single_count == NUM_REQUESTS else f"first {single_count} of {NUM_REQUESTS} requests (slow); --full for all"
     repeats = args.repeats if args.repeats is not None else (3 if args.full else 1)
 
-    log(f"{size}: starting dssidecar server and loading the HF model ({model_dir})")
-    with SidecarServer(model_dir, ["--max-batch-size", str(NUM_REQUESTS)]) as server:
+    # The server's thread rule, applied here too: the HF baselines and the in-process engine run in this process.
+    from dssidecar.device import configure_cpu_threads
+
+    num_threads = configure_cpu_threads()
+    log(f"{size}: starting dssidecar server, loading the HF model and the in-process engine ({model_dir})")
+    server_args = ["--max-batch-size", str(NUM_REQUESTS), "--num-threads", str(num_threads)]
+    with (SidecarServer(model_dir, server_args) as server,
+          InProcessEngine(model_dir, NUM_REQUESTS, num_threads) as in_process):
         model, pad_token_id = load_hf_model(model_dir)
+        import torch
+
+        hf_threads = torch.get_num_threads()
+        engine_threads = in_process.engine_thread_torch_threads()
+        print(f"torch threads: HF baselines {hf_threads}, in-process engine {engine_threads} (its own thread), "
+              f"dssidecar serve --num-threads {num_threads} (DSSIDECAR_NUM_THREADS, else usable cores; "
+              f"{os.cpu_count()} CPUs)")
+        if not hf_threads == engine_threads == num_threads:
+            log(f"{size}: WARNING: thread counts differ (HF {hf_threads}, engine {engine_threads}, "
+                f"server {num_threads})")
         runners: dict[str, Callable[[], WayResult]] = {
             "hf_one_at_a_time": lambda: run_hf_one_at_a_time(model, pad_token_id, requests[:single_count], note),
             "hf_static_batch": lambda: run_hf_static_batch(model, pad_token_id, requests),
             "hf_continuous_batching": lambda: run_hf_continuous(model, requests),
+            "dssidecar_in_process": lambda: run_dssidecar_in_process(in_process, requests),
             "dssidecar": lambda: run_dssidecar(server, requests),
         }
         runs: dict[str, list[WayResult]] = {key: [] for key in runners}
@@ -587,26 +680,43 @@ def bench_size(size: str, arch: str, args: argparse.Namespace) -> dict[str, floa
     )
     figures = figures_for(size, ways, keys)
     figures.update({f"{size}.dssidecar.{name}": value for name, value in ttft.items()})
-    ours = figures[f"{size}.dssidecar.output_tokens_per_second"]
+    figures[f"{size}.torch_num_threads"] = float(num_threads)
     target_rows = []
     for key, label, target in (("hf_one_at_a_time", "vs HF one at a time", TARGET_VS_ONE_AT_A_TIME),
                                ("hf_static_batch", "vs HF static batch", TARGET_VS_STATIC_BATCH),
                                ("hf_continuous_batching", "vs transformers continuous batching",
                                 TARGET_VS_HF_CONTINUOUS)):
-        baseline = figures.get(f"{size}.{key}.output_tokens_per_second")
-        if baseline is None:
-            target_rows.append([f"dssidecar tok/s {label}", "-", f">= {target}x", "not measured"])
-            continue
-        ratio = ours / baseline
-        figures[f"{size}.speedup_{key}"] = ratio
-        measured = f"{ratio:.2f}x"
-        paired = paired_ratios(runs["dssidecar"], runs[key])
+        # in-process engine first (like the HF baselines, no HTTP), then the real server over HTTP
+        for ours_key, ours_label, figure_prefix in (("dssidecar_in_process", "dssidecar engine in-process",
+                                                     "in_process_"),
+                                                    ("dssidecar", "dssidecar over HTTP", "")):
+            row_label = f"{ours_label} tok/s {label}"
+            ours = figures.get(f"{size}.{ours_key}.output_tokens_per_second")
+            baseline = figures.get(f"{size}.{key}.output_tokens_per_second")
+            if ours is None or baseline is None:
+                target_rows.append([row_label, "-", f">= {target}x", "not measured"])
+                continue
+            ratio = ours / baseline
+            figures[f"{size}.{figure_prefix}speedup_{key}"] = ratio
+            measured = f"{ratio:.2f}x"
+            paired = paired_ratios(runs[ours_key], runs[key])
+            if len(paired) > 1:
+                # Same-round ratios cancel slow drifts of the shared machine's load; their median is the verdict.
+                ratio = percentile(paired, 0.5)
+                figures[f"{size}.{figure_prefix}paired_speedup_{key}"] = ratio
+                measured = f"{ratio:.2f}x (same-round median; {min(paired):.2f}-{max(paired):.2f}x)"
+            target_rows.append([row_label, measured, f">= {target}x", verdict(ratio, target)])
+    http_tps = figures.get(f"{size}.dssidecar.output_tokens_per_second")
+    in_process_tps = figures.get(f"{size}.dssidecar_in_process.output_tokens_per_second")
+    if http_tps is not None and in_process_tps is not None:
+        http_share = http_tps / in_process_tps
+        figures[f"{size}.http_over_in_process_throughput_ratio"] = http_share
+        measured = f"{http_share:.2f}x"
+        paired = paired_ratios(runs["dssidecar"], runs["dssidecar_in_process"])
         if len(paired) > 1:
-            # Same-round ratios cancel slow drifts of the shared machine's load; their median is the verdict.
-            ratio = percentile(paired, 0.5)
-            figures[f"{size}.paired_speedup_{key}"] = ratio
-            measured = f"{ratio:.2f}x (same-round median; {min(paired):.2f}-{max(paired):.2f}x)"
-        target_rows.append([f"dssidecar tok/s {label}", measured, f">= {target}x", verdict(ratio, target)])
+            measured = f"{percentile(paired, 0.5):.2f}x (same-round median; {min(paired):.2f}-{max(paired):.2f}x)"
+        target_rows.append(["dssidecar tok/s over HTTP / engine in-process (what serving costs here)", measured,
+                            "-", "info"])
     single_ms = ttft["single_ttft_p50_seconds"] * 1000
     steady_p99_ms = ttft[f"steady_concurrency{TTFT_CONCURRENCY}_ttft_p99_seconds"] * 1000
     burst_p99_ms = ttft[f"burst_concurrency{TTFT_CONCURRENCY}_ttft_p99_seconds"] * 1000
