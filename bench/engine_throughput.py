@@ -721,15 +721,15 @@ def bench_size(size: str, arch: str, args: argparse.Namespace) -> dict[str, floa
     steady_p99_ms = ttft[f"steady_concurrency{TTFT_CONCURRENCY}_ttft_p99_seconds"] * 1000
     burst_p99_ms = ttft[f"burst_concurrency{TTFT_CONCURRENCY}_ttft_p99_seconds"] * 1000
     target_rows.append([
-        f"p99 TTFT at concurrency {TTFT_CONCURRENCY} / single TTFT (prompt {TTFT_PROMPT_TOKENS}), steady state: "
-        f"closed loop, {STEADY_STATE_REQUESTS} requests (outputs {STEADY_STATE_OUTPUT_TOKENS_RANGE[0]}-"
+        f"dssidecar over HTTP: p99 TTFT at concurrency {TTFT_CONCURRENCY} / single TTFT (prompt {TTFT_PROMPT_TOKENS}), "
+        f"steady state: closed loop, {STEADY_STATE_REQUESTS} requests (outputs {STEADY_STATE_OUTPUT_TOKENS_RANGE[0]}-"
         f"{STEADY_STATE_OUTPUT_TOKENS_RANGE[1]} tokens), first {STEADY_STATE_RAMP_UP_REQUESTS} (ramp-up) excluded",
         f"{ttft['steady_ttft_ratio']:.2f}x ({steady_p99_ms:.0f} / {single_ms:.0f} ms; steady p50 "
         f"{ttft[f'steady_concurrency{TTFT_CONCURRENCY}_ttft_p50_seconds'] * 1000:.0f} ms)",
         f"<= {TARGET_TTFT_RATIO}x", verdict(ttft["steady_ttft_ratio"], TARGET_TTFT_RATIO, higher_is_better=False)])
     target_rows.append([
-        f"p99 TTFT at concurrency {TTFT_CONCURRENCY} / single TTFT (prompt {TTFT_PROMPT_TOKENS}), burst: "
-        f"{TTFT_CONCURRENCY} sent at once (information, not the target)",
+        f"dssidecar over HTTP: p99 TTFT at concurrency {TTFT_CONCURRENCY} / single TTFT (prompt {TTFT_PROMPT_TOKENS}), "
+        f"burst: {TTFT_CONCURRENCY} sent at once (information, not the target)",
         f"{ttft['burst_ttft_ratio']:.2f}x ({burst_p99_ms:.0f} / {single_ms:.0f} ms)",
         f"(<= {TARGET_TTFT_RATIO}x)", "info"])
     print_table(f"targets, {size} model", ["target", "measured", "wanted", "verdict"], target_rows)
