@@ -714,6 +714,7 @@ def bench_size(size: str, arch: str, args: argparse.Namespace) -> dict[str, floa
         measured = f"{http_share:.2f}x"
         paired = paired_ratios(runs["dssidecar"], runs["dssidecar_in_process"])
         if len(paired) > 1:
+            figures[f"{size}.paired_http_over_in_process_throughput_ratio"] = percentile(paired, 0.5)
             measured = f"{percentile(paired, 0.5):.2f}x (same-round median; {min(paired):.2f}-{max(paired):.2f}x)"
         target_rows.append(["dssidecar tok/s over HTTP / engine in-process (what serving costs here)", measured,
                             "-", "info"])
