@@ -4,62 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+from sidecar_process import SidecarProcess
 
 TOKEN = "knob-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-class KnobServer:
+class KnobServer(SidecarProcess):
+    """The shared SidecarProcess on the CPU with a /control token, plus /control helpers."""
+
     def __init__(self, model_dir: Path, port: int, log_dir: Path, *args: str, env: dict[str, str] | None = None) -> None:
-        self.base_url = f"http://127.0.0.1:{port}"
-        self.command = [sys.executable, "-m", "dssidecar.cli", "serve", "--model", str(model_dir),
-                        "--host", "127.0.0.1", "--port", str(port), "--device", "cpu", *args]  # fmt: skip
-        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "DSSIDECAR_CONTROL_TOKEN": TOKEN, **(env or {})}
-        log_dir.mkdir(parents=True, exist_ok=True)
-        self.stderr_path = log_dir / f"knob-sidecar-{port}.err"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout_seconds: float = 180.0) -> KnobServer:
-        with open(self.stderr_path, "wb") as err:
-            self.process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL, stderr=err, env=self.env)
-        deadline = time.monotonic() + timeout_seconds
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"sidecar exited with {self.process.returncode}:\n{self.stderr_tail()}")
-            try:
-                if httpx.get(f"{self.base_url}/readyz", timeout=1.0).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise RuntimeError(f"sidecar not ready after {timeout_seconds} s:\n{self.stderr_tail()}")
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
-
-    def stderr_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.stderr_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no stderr)"
+        super().__init__(model_dir, port, log_dir, "--device", "cpu", *args,
+                         env={"DSSIDECAR_CONTROL_TOKEN": TOKEN, **(env or {})})
 
     def model_name(self) -> str:
         return str(httpx.get(f"{self.base_url}/v1/models", timeout=10).json()["data"][0]["id"])
