@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 DEMO_MODEL ?= .cache/demo-model
 PYTEST_ARGS ?=
 
-.PHONY: venv run sidecar test test-fast lint bench clean
+.PHONY: venv tools run sidecar test test-fast lint bench clean
 
 venv: $(VENV)/.installed
 
@@ -28,7 +28,11 @@ run: venv
 sidecar: venv $(DEMO_MODEL)/manifest.json
 	$(BIN)/dssidecar serve --model $(DEMO_MODEL)
 
-test: venv
+# Reference tools the tests prove against (promtool, chromium); missing ones make their tests skip with the reason.
+tools:
+	@bash .ci/install-deps
+
+test: venv tools
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 test-fast: venv
