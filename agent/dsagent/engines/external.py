@@ -1,0 +1,25 @@
+"""An engine the agent only observes (a pod's sidecar container it did not start): no knob changes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dsagent.engines.base import EngineKnobRefused, KnobMode
+
+
+class ExternalEngineAdapter:
+    kind = "external"
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def knob_modes(self) -> dict[str, KnobMode]:
+        return {}
+
+    def read_knobs(self) -> dict[str, Any]:
+        return {}
+
+    def apply_knobs(self, update: dict[str, Any]) -> dict[str, Any]:
+        raise EngineKnobRefused(
+            f"engine.kind is external: the agent only observes {self.url} and changes none of its knobs "
+            f"({', '.join(sorted(update))}); run it as engine.kind builtin or vllm to let rules retune it")
