@@ -15,6 +15,8 @@ from typing import Any
 
 import typer
 
+from dsagent.dashboards.cli import app as dashboards_app
+
 app = typer.Typer(
     name="dsagent",
     help="Per-node agent for LLM inference: supervises the engine, collects GPU/host/engine/request "
@@ -25,6 +27,7 @@ app = typer.Typer(
 )
 config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
+app.add_typer(dashboards_app, name="dashboards")
 
 ConfigOption = typer.Option(None, "--config", "-c", envvar="DSAGENT_CONFIG",
                             help="YAML config file (default: the embedded default).")
