@@ -95,6 +95,9 @@ def serve_command(
     shutdown_grace_seconds: float = typer.Option(
         None, "--shutdown-grace-seconds", help="SIGTERM: time in-flight requests may take (default 30). Env: DSSIDECAR_SHUTDOWN_GRACE_SECONDS."
     ),
+    max_request_body_bytes: int = typer.Option(
+        None, "--max-request-body-bytes", help="Larger request bodies get 413 (default 8 MiB). Env: DSSIDECAR_MAX_REQUEST_BODY_BYTES."
+    ),
     control_token_file: Path = typer.Option(
         None, "--control-token-file", help="File with the /control bearer token. Env: DSSIDECAR_CONTROL_TOKEN_FILE."
     ),

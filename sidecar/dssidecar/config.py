@@ -34,6 +34,9 @@ class ServerConfig(BaseSettings):
     shutdown_grace_seconds: float = Field(
         30.0, ge=0.0, description="After SIGTERM, how long in-flight requests may run before they are aborted."
     )
+    max_request_body_bytes: int = Field(
+        8 << 20, ge=1, description="Largest request body accepted; a larger one gets 413 before it is read."
+    )
     access_log: bool = Field(True, description="Write one JSON line per request to the dssidecar.access logger.")
     log_level: str = Field("info", description="Python log level for dssidecar and uvicorn.")
 

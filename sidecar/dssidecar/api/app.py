@@ -17,6 +17,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 import dssidecar
+from dssidecar.api.body_limit import DEFAULT_MAX_REQUEST_BODY_BYTES, BodySizeLimitMiddleware
 from dssidecar.api.errors import install_error_handlers
 from dssidecar.api.generation import ServingState
 from dssidecar.api.metrics import CONTENT_TYPE, ServerMetrics
@@ -84,6 +85,7 @@ def build_app(
     control_router: APIRouter | None = None,
     shutdown_grace_seconds: float = 30.0,
     manage_engine: bool = True,
+    max_request_body_bytes: int = DEFAULT_MAX_REQUEST_BODY_BYTES,
 ) -> FastAPI:
     """An app serving `engine`.
 
@@ -124,6 +126,7 @@ def build_app(
     app.state.metrics_registry = metrics_.registry
     app.state.engine_shut_down = False
     install_error_handlers(app)
+    app.add_middleware(BodySizeLimitMiddleware, max_body_bytes=max_request_body_bytes)
     app.include_router(health_router)
     app.include_router(openai_router)
     # /control knobs (helper K): build_control_router(controller, token) is mounted here.

@@ -136,6 +136,14 @@ class GenerationJob:
             api_error = APIError(500, "the engine ended the request without output", error_type="server_error")
             await self._refused(api_error, "engine_error")
             raise api_error from None
+        except Exception as error:  # anything else the engine raised: still counted and recorded
+            logger.exception("the engine failed request %s before its first token", self.request_id)
+            api_error = APIError(
+                500, f"the engine failed this request ({type(error).__name__}); see the server log",
+                error_type="server_error",
+            )
+            await self._refused(api_error, "engine_error")
+            raise api_error from error
         state.in_flight.add(self.request_id)
         self.absorb(first)
         return first

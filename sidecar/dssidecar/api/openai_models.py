@@ -20,16 +20,28 @@ class StreamOptions(BaseModel):
     include_usage: bool | None = False
 
 
-class SamplingFields(BaseModel):
-    """Fields both endpoints share."""
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
 
-    model_config = ConfigDict(extra="ignore")
+
+class SamplingFields(BaseModel):
+    """Fields both endpoints share.
+
+    Every number is range-checked here (as vLLM does), so nothing out of range reaches the engine's
+    tensors: NaN and infinities are refused for every float (`allow_inf_nan=False`), a seed must fit a
+    signed 64-bit integer, top_k must be -1, 0 or positive (its upper bound, the vocabulary, is checked
+    by the route, which knows the model).
+    """
+
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
     model: str
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
-    top_k: int | None = Field(None, description="Extension: keep the k most likely tokens; 0 or -1 disables.")
-    seed: int | None = None
+    top_k: int | None = Field(
+        None, ge=-1, description="Extension: keep the k most likely tokens (at most the vocabulary); 0 or -1 disables."
+    )
+    seed: int | None = Field(None, ge=INT64_MIN, le=INT64_MAX, description="Reproducible sampling; a signed 64-bit integer.")
     stop: str | list[str] | None = None
     n: int | None = Field(1, ge=1)
     stream: bool | None = False

@@ -10,6 +10,7 @@ chat streams send `delta.role` first, the finish_reason rides on the last conten
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -77,7 +78,38 @@ def _check_admissible(state: ServingState, body: SamplingFields, unsupported: tu
         raise bad_request(message, param=param, code="unsupported_parameter")
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _require_utf8(text: str, param: str) -> None:
+    """A lone surrogate (JSON "\\ud800" without its pair) cannot be encoded to UTF-8, so no tokenizer can
+    read it: refuse it with a 400 naming the field instead of failing inside the tokenizer (a 500)."""
+    match = _LONE_SURROGATE.search(text)
+    if match is not None:
+        raise bad_request(
+            f"{param} holds a lone UTF-16 surrogate (U+{ord(match.group()):04X}) at character {match.start()}; "
+            "send valid Unicode text",
+            param=param,
+            code="invalid_unicode",
+        )
+
+
+def _check_sampling_ranges(state: ServingState, body: SamplingFields) -> None:
+    """Ranges that depend on the model (the rest are checked by the pydantic models)."""
+    vocab_size = getattr(state.engine.tokenizer, "vocab_size", None)
+    if body.top_k is not None and isinstance(vocab_size, int) and body.top_k > vocab_size:
+        raise bad_request(
+            f"top_k={body.top_k} is larger than the vocabulary ({vocab_size} tokens); use 1..{vocab_size}, "
+            "or 0 / -1 to disable it",
+            param="top_k",
+            code="invalid_value",
+        )
+    for index, stop in enumerate(body.stop_list()):
+        _require_utf8(stop, f"stop[{index}]" if isinstance(body.stop, list) else "stop")
+
+
 def _completion_prompt_ids(state: ServingState, body: CompletionRequest) -> list[int]:
+    """Runs in a worker thread (tokenizing a long prompt must not stall the event loop)."""
     prompt = body.prompt
     if isinstance(prompt, list):
         if len(prompt) == 0:
@@ -91,6 +123,7 @@ def _completion_prompt_ids(state: ServingState, body: CompletionRequest) -> list
                 )
             prompt = first
     if isinstance(prompt, str):
+        _require_utf8(prompt, "prompt")
         ids = list(state.engine.tokenizer.encode(prompt))
     else:
         if not all(isinstance(token, int) for token in prompt):
@@ -107,7 +140,10 @@ def _completion_prompt_ids(state: ServingState, body: CompletionRequest) -> list
 
 
 def _chat_prompt_ids(state: ServingState, body: ChatCompletionRequest) -> list[int]:
+    """Runs in a worker thread, like _completion_prompt_ids."""
     messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+    for index, message in enumerate(messages):
+        _require_utf8(message["content"], f"messages[{index}].content")
     try:
         text = state.engine.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
     except Exception as error:
@@ -349,7 +385,8 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
     record = _new_record(state, f"cmpl-{uuid.uuid4().hex}", "text_completion", bool(body.stream))
     try:
         _check_admissible(state, body, body.unsupported_option())
-        prompt_ids = _completion_prompt_ids(state, body)
+        _check_sampling_ranges(state, body)
+        prompt_ids = await anyio.to_thread.run_sync(_completion_prompt_ids, state, body)
         record.prompt_length = len(prompt_ids)
         requested = body.max_tokens if body.max_tokens is not None else COMPLETIONS_DEFAULT_MAX_TOKENS
         max_tokens = _max_tokens(state, len(prompt_ids), requested, "max_tokens", "prompt")
@@ -365,7 +402,8 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     record = _new_record(state, f"chatcmpl-{uuid.uuid4().hex}", "chat", bool(body.stream))
     try:
         _check_admissible(state, body, body.unsupported_option())
-        prompt_ids = _chat_prompt_ids(state, body)
+        _check_sampling_ranges(state, body)
+        prompt_ids = await anyio.to_thread.run_sync(_chat_prompt_ids, state, body)
         record.prompt_length = len(prompt_ids)
         param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
         max_tokens = _max_tokens(state, len(prompt_ids), body.requested_max_tokens(), param, "messages")

@@ -86,6 +86,7 @@ def build_server_app(config: ServerConfig, engine: EngineClient) -> FastAPI:
         model_name=config.served_model_name or engine.model_name,
         telemetry=telemetry,
         shutdown_grace_seconds=config.shutdown_grace_seconds,
+        max_request_body_bytes=config.max_request_body_bytes,
     )
     # /control knobs, knob gauges and knob/OOM/memory metrics (helper K): dssidecar.engine_knobs
     from dssidecar.engine_knobs import attach_knobs

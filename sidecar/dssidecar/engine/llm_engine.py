@@ -39,6 +39,8 @@ from dssidecar.oom import FaultInjector, OomGuard
 
 logger = logging.getLogger("dssidecar.engine")
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
 
 def auto_kv_cache_blocks(
     model_config: ModelConfig, config: EngineConfig, device: torch.device, dtype: torch.dtype
@@ -144,10 +146,14 @@ class LLMEngine:
         bad = next((t for t in prompt_token_ids if not 0 <= int(t) < vocab_size), None)
         if bad is not None:
             raise InvalidRequestError(f"prompt token id {bad} is outside the vocabulary [0, {vocab_size})")
-        if params.temperature < 0 or not 0 < params.top_p <= 1:
+        if not (math.isfinite(params.temperature) and params.temperature >= 0) or not 0 < params.top_p <= 1:
             raise InvalidRequestError(
-                f"temperature must be >= 0 and top_p in (0, 1]; got {params.temperature}, {params.top_p}"
+                f"temperature must be a finite number >= 0 and top_p in (0, 1]; got {params.temperature}, {params.top_p}"
             )
+        if not -1 <= params.top_k <= vocab_size:
+            raise InvalidRequestError(f"top_k must be -1, 0 or 1..{vocab_size} (the vocabulary), got {params.top_k}")
+        if params.seed is not None and not INT64_MIN <= params.seed <= INT64_MAX:
+            raise InvalidRequestError(f"seed must be a signed 64-bit integer, got {params.seed}")
         total = len(prompt_token_ids) + params.max_tokens
         if total > self.max_model_len:
             raise RequestTooLongError(
@@ -290,11 +296,51 @@ class LLMEngine:
         if batch is None:
             return self._unblock()
         self._current_batch = batch
-        batch, token_ids = self.oom_guard.run(self, batch)
+        batch, token_ids, failed = self._run_isolating_failures(batch)
         outputs = self._postprocess(batch, token_ids)
+        for seq, error in failed:
+            if seq.request_id in self._requests:
+                seq.error = error
+                outputs.append(self._finish(seq, "abort"))
         self._current_batch = None
         self.steps_total += 1
         return outputs
+
+    def _run_isolating_failures(
+        self, batch: ScheduledBatch, whole_step: bool = True
+    ) -> tuple[ScheduledBatch, list[int], list[tuple[Sequence, str]]]:
+        """Run the batch; when it raises, bisect it so only the sequences that fail on their own are
+        failed and their batch neighbours still advance (one bad request must not fail the others).
+
+        Re-running a part rewrites the same KV slots (nothing advanced: positions move only in
+        postprocess), so the retry is safe. A step of a single sequence raises as it always did (the
+        caller fails it). Returns (what ran, its token ids, [(failed seq, error)])."""
+        try:
+            ran, token_ids = self.oom_guard.run(self, batch)
+            return ran, token_ids, []
+        except Exception as exc:
+            seqs = list(batch.seqs)  # the OOM guard may have cut the batch before the error
+            if whole_step and len(seqs) <= 1:
+                raise
+            if len(seqs) <= 1:
+                if seqs:
+                    logger.warning("request %s failed in the engine step: %s: %s", seqs[0].request_id,
+                                   type(exc).__name__, exc)
+                return ScheduledBatch([], batch.is_prefill), [], [(seq, f"{type(exc).__name__}: {exc}") for seq in seqs]
+            logger.warning("a step of %d sequences failed (%s: %s); retrying its halves to isolate the cause",
+                           len(seqs), type(exc).__name__, exc)
+        half = len(seqs) // 2
+        ran_seqs: list[Sequence] = []
+        token_ids = []
+        failed: list[tuple[Sequence, str]] = []
+        for part in (seqs[:half], seqs[half:]):
+            part_ran, part_ids, part_failed = self._run_isolating_failures(
+                ScheduledBatch(part, batch.is_prefill), whole_step=False
+            )
+            ran_seqs.extend(part_ran.seqs)
+            token_ids.extend(part_ids)
+            failed.extend(part_failed)
+        return ScheduledBatch(ran_seqs, batch.is_prefill), token_ids, failed
 
     def _unblock(self) -> list[RequestOutput]:
         """Nothing could be scheduled although requests wait: the head of the queue can never fit the
@@ -322,7 +368,13 @@ class LLMEngine:
             if seq.first_token_time is None:
                 seq.first_token_time = now
                 self.prompt_tokens_total += seq.num_prompt_tokens
-            finish_reason = self._append_text_and_check_stop(seq, token_id)
+            try:
+                finish_reason = self._append_text_and_check_stop(seq, token_id)
+            except Exception as exc:  # e.g. the detokenizer: fail this request, not its neighbours
+                logger.exception("postprocessing request %s failed", seq.request_id)
+                seq.error = f"{type(exc).__name__}: {exc}"
+                outputs.append(self._finish(seq, "abort", now))
+                continue
             if finish_reason is not None:
                 outputs.append(self._finish(seq, finish_reason, now))
             else:

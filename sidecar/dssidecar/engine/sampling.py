@@ -51,7 +51,8 @@ def sample_tokens(
     logits = logits.float()
     device = logits.device
     temperature = torch.tensor([p.temperature if not p.greedy else 1.0 for p in params_list], device=device)
-    top_k = torch.tensor([p.top_k for p in params_list], device=device)
+    vocab = logits.shape[-1]
+    top_k = torch.tensor([min(p.top_k, vocab) for p in params_list], device=device)
     top_p = torch.tensor([p.top_p for p in params_list], device=device, dtype=torch.float32)
     scaled = logits / temperature.unsqueeze(1)
     if bool((top_k > 0).any()) or bool((top_p < 1.0).any()):

@@ -81,3 +81,11 @@ def test_low_temperature_concentrates_on_the_top_token() -> None:
     cold = sample_tokens(logits, SamplingParams(temperature=0.05))
     assert cold.count(0) == 200
     assert hot.count(0) < 200
+
+
+def test_a_top_k_beyond_the_vocabulary_keeps_every_token_instead_of_overflowing() -> None:
+    logits = torch.randn(2, 10)
+    params = [SamplingParams(temperature=1.0, top_k=2**70, seed=1), SamplingParams(temperature=1.0, top_k=10, seed=1)]
+    gens = [make_generator(1, torch.device("cpu")), make_generator(1, torch.device("cpu"))]
+    first, second = sample_tokens(logits, params, gens)
+    assert 0 <= first < 10 and 0 <= second < 10
