@@ -4,7 +4,7 @@ elasticsearch-py talks to it unchanged: the root info carries the `X-Elastic-Pro
 header, and it serves `_index_template`, `_data_stream`, `_bulk` (per-item results; `create` of an
 existing `_id` -> 409 `version_conflict_engine_exception`; a value that does not fit an explicit mapping
 of the matching template -> 400 `document_parsing_exception`), `_count`, `_search` (match_all, term,
-terms, match, ids, bool) and `_refresh`. Faults are injected through `FakeElasticsearch.set_faults()` or
+terms, match, ids, exists, range, bool) and `_refresh`. Faults are injected through `FakeElasticsearch.set_faults()` or
 `POST /_fake/faults` (whole-request status such as 429/503 for the next N requests, a response delay to
 cause client timeouts, per-item statuses for every k-th bulk item).
 
@@ -17,6 +17,7 @@ import argparse
 import fnmatch
 import itertools
 import json
+import operator
 import re
 import threading
 import time
@@ -481,6 +482,13 @@ def _matches(source: dict[str, Any], doc_id: str, query: dict[str, Any]) -> bool
         return any(str(v) in {str(w) for w in wanted_list} for v in values)
     if kind == "exists":
         return _lookup(source, spec["field"]) is not None
+    if kind == "range":
+        field, bounds = next(iter(spec.items()))
+        value = _lookup(source, field)
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            return False
+        compare = {"gte": operator.ge, "gt": operator.gt, "lte": operator.le, "lt": operator.lt}
+        return all(compare[op](value, float(bound)) for op, bound in bounds.items() if op in compare)
     if kind == "bool":
         must = spec.get("must", []) + spec.get("filter", [])
         must = must if isinstance(must, list) else [must]

@@ -1,0 +1,173 @@
+"""The panels show something: the agent runs (in-process, a vLLM-style fake engine with knob metrics, the
+recorded two-GPU NVML trace, OTLP request records including failures, a few decisions) and ships into the
+fake Elasticsearch; then every value column of every panel, with its filter and the fields its chart
+buckets on, selects at least one document in the panel's data view, and the decision log's columns exist.
+
+The queries are the panels' own: `metric.name : "x"` filters become `term` queries, `status_code >= 400`
+a `range`, every field a column reads an `exists`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from dsagent.app import Agent
+from dsagent.config import load_config
+from dsagent.dashboards import catalog, check
+from dsagent.dashboards.lens import LAYER_REFERENCE_PREFIX
+
+from tests.conftest import REPO_ROOT, free_port
+from tests.fakes.elasticsearch import FakeElasticsearch
+
+FAKES = REPO_ROOT / "tests" / "fakes"
+TRACE = REPO_ROOT / "tests" / "fixtures" / "nvml" / "two_gpu_trace.jsonl"
+KNOB_METRICS = ('# TYPE dssidecar_knob_value gauge\n'
+                'dssidecar_knob_value{knob="max_batch_size"} 8.0\n'
+                'dssidecar_knob_value{knob="kv_cache_blocks"} 512.0\n')
+OPERATORS = {">=": "gte", ">": "gt", "<=": "lte", "<": "lt"}
+
+
+def otlp_request_logs(count: int) -> dict[str, Any]:
+    def attr(key: str, value: object) -> dict[str, Any]:
+        if isinstance(value, str):
+            return {"key": key, "value": {"stringValue": value}}
+        if isinstance(value, int):
+            return {"key": key, "value": {"intValue": str(value)}}
+        return {"key": key, "value": {"doubleValue": value}}
+
+    records = [{
+        "timeUnixNano": str(time.time_ns()),
+        "attributes": [attr("request_id", f"dash-{i}"), attr("gen_ai.request.model", "demo-model"),
+                       attr("prompt_length", 10 + 7 * i), attr("tokens_generated", 4 + i),
+                       attr("generation_time", 0.2 + i / 20), attr("time_to_first_token", 0.02 + i / 1000),
+                       attr("finish_reason", "length" if i % 3 else "stop"),
+                       attr("http.response.status_code", 500 if i % 5 == 0 else 200)],
+    } for i in range(count)]
+    return {"resourceLogs": [{"scopeLogs": [{"logRecords": records}]}]}
+
+
+@pytest.fixture(scope="module")
+def shipped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeElasticsearch]:
+    cluster = FakeElasticsearch().start()
+    engine_port = free_port()
+    engine = (f"import sys; sys.path.insert(0, {str(FAKES)!r}); import fake_engine; "
+              f"fake_engine.METRICS += {KNOB_METRICS!r}; sys.exit(fake_engine.main(['--port', '{engine_port}']))")
+    config = load_config(None, environ={}, overrides={
+        "data_dir": str(tmp_path_factory.mktemp("dash-data")),
+        "engine.kind": "vllm",
+        "engine.port": engine_port,
+        "engine.command": [sys.executable, "-c", engine],
+        "supervisor.readiness_poll_seconds": 0.05,
+        "supervisor.drain_grace_seconds": 2,
+        "sources.gpu.backend": "fake",
+        "sources.gpu.fake_trace": str(TRACE),
+        "server.port": 0,
+        "intervals.collect_seconds": 0.25,
+        "export.metric_export_interval_seconds": 0.5,
+        "export.file.enabled": False,
+        "export.elasticsearch.url": cluster.url,
+        "export.spool.retry_initial_seconds": 0.1,
+        "export.spool.retry_max_seconds": 0.5,
+    })
+    agent = Agent(config)
+    agent.start()
+    try:
+        assert agent.supervisor is not None and agent.supervisor.wait_ready(20)
+        assert agent.api is not None
+        httpx.post(agent.api.url + "/v1/logs", json=otlp_request_logs(20), timeout=10).raise_for_status()
+        for index, outcome in enumerate(("applied", "skipped", "rolled_back")):
+            agent.record_action({"rule": "HighLatency", "knob": "max_batch_size", "old": 8, "new": 16 + index,
+                                 "outcome": outcome, "reason": "p99 latency above the SLO for 1m"})
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not _all_metrics_arrived(cluster):
+            time.sleep(0.5)
+        time.sleep(1.0)  # one more export round so every series has several points
+        yield cluster
+    finally:
+        agent.stop()
+        cluster.stop()
+
+
+def _all_metrics_arrived(cluster: FakeElasticsearch) -> bool:
+    return all(_count(cluster, "metrics-dsagent.*", {"bool": {"filter": [q]}}) > 0 for q in _metric_terms()) and \
+        _count(cluster, "logs-dsagent.requests-*", None) >= 20 and _count(cluster, "logs-dsagent.actions-*", None) >= 3
+
+
+def _metric_terms() -> list[dict[str, Any]]:
+    names = set()
+    for panel in _lens_panels():
+        for layer in panel["layers"]:
+            for column in layer["columns"].values():
+                for field, _op, value in check.parse_kql((column.get("filter") or {}).get("query", "")):
+                    if field == "metric.name":
+                        names.add(value)
+    return [{"term": {"metric.name": name}} for name in sorted(names)]
+
+
+def _count(cluster: FakeElasticsearch, pattern: str, query: dict[str, Any] | None) -> int:
+    response = httpx.post(f"{cluster.url}/{pattern}/_count", json={"query": query or {"match_all": {}}}, timeout=10)
+    if response.status_code == 404:
+        return 0
+    response.raise_for_status()
+    return int(response.json()["count"])
+
+
+def _lens_panels() -> list[dict[str, Any]]:
+    """(dashboard, title, [(data view pattern, layer)]) for every Lens panel of the packaged dashboards."""
+    objects = catalog.saved_objects()
+    views = {obj["id"]: obj["attributes"]["title"] for obj in objects if obj["type"] == "index-pattern"}
+    panels = []
+    for board in (obj for obj in objects if obj["type"] == "dashboard"):
+        refs = {ref["name"]: ref["id"] for ref in board["references"]}
+        for panel in json.loads(board["attributes"]["panelsJSON"]):
+            if panel["type"] != "lens":
+                continue
+            layers = panel["embeddableConfig"]["attributes"]["state"]["datasourceStates"]["formBased"]["layers"]
+            panels.append({"id": f"{board['id']}: {panel['title']}", "layers": [
+                {"pattern": views[refs[f"{panel['panelIndex']}:{LAYER_REFERENCE_PREFIX}{layer_id}"]], **layer}
+                for layer_id, layer in layers.items()]})
+    return panels
+
+
+def _column_query(column: dict[str, Any], bucket_fields: list[str]) -> dict[str, Any]:
+    filters: list[dict[str, Any]] = []
+    for field, op, value in check.parse_kql((column.get("filter") or {}).get("query", "")):
+        if op == ":":
+            filters.append({"exists": {"field": field}} if value == "*" else {"term": {field: value}})
+        else:
+            filters.append({"range": {field: {OPERATORS[op]: value}}})
+    source = column.get("sourceField")
+    fields = bucket_fields + ([source] if source and source != "___records___" else [])
+    filters += [{"exists": {"field": field}} for field in fields]
+    return {"bool": {"filter": filters}}
+
+
+PANELS = _lens_panels()
+
+
+@pytest.mark.parametrize("panel", PANELS, ids=[panel["id"] for panel in PANELS])
+def test_every_value_column_of_the_panel_selects_documents(shipped: FakeElasticsearch, panel: dict[str, Any]) -> None:
+    checked = 0
+    for layer in panel["layers"]:
+        columns = layer["columns"]
+        buckets = [field for column in columns.values() if column.get("isBucketed")
+                   for field in [column["sourceField"], *column.get("params", {}).get("secondaryFields", [])]]
+        for column_id, column in columns.items():
+            if column.get("isBucketed") or column["operationType"] in ("formula", "math", "static_value"):
+                continue
+            query = _column_query(column, buckets)
+            assert _count(shipped, layer["pattern"], query) > 0, \
+                f"{panel['id']} column {column_id} ({column['label']}) has no documents: {query}"
+            checked += 1
+    assert checked > 0
+
+
+def test_decision_log_columns_have_documents(shipped: FakeElasticsearch) -> None:
+    for column in catalog.DECISION_COLUMNS:
+        assert _count(shipped, "logs-dsagent.actions-*", {"exists": {"field": column}}) >= 3, column
