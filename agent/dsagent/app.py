@@ -26,6 +26,7 @@ from typing import Any
 from dsagent import __version__
 from dsagent.api import ApiServer, build_api
 from dsagent.config import AgentConfig
+from dsagent.data_dir_lock import DataDirLock
 from dsagent.samples import RequestRecord, Sample, make_labels
 from dsagent.scheduler import AgentScheduler
 from dsagent.slo import RequestStats
@@ -99,6 +100,7 @@ class Agent:
         self._records_lock = threading.Lock()
         self._stopped = threading.Event()
         self._stop_lock = threading.Lock()
+        self._data_dir_lock = DataDirLock(self.data_dir)
         self.requests_received_total = 0
         self.duplicate_requests_dropped = 0
 
@@ -110,6 +112,7 @@ class Agent:
         from dsagent.sources.otlp_receiver import build_otlp_router
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._data_dir_lock.acquire()  # a second agent on this data dir is refused before it touches anything
         # The agent's scheduler owns every periodic job, so the pipeline's own metric ticker is parked and
         # the "export" job below collects the meters (once per interval, never twice).
         export_config = self.config.export.model_copy(update={"metric_export_interval_seconds": PARKED_SECONDS})
@@ -167,7 +170,9 @@ class Agent:
             self.pipeline.shutdown(drain_timeout_seconds=SHUTDOWN_DRAIN_SECONDS)
         if self.api is not None:
             self.api.stop()
-        (self.data_dir / "agent.json").unlink(missing_ok=True)
+        if self._data_dir_lock.held:
+            (self.data_dir / "agent.json").unlink(missing_ok=True)
+        self._data_dir_lock.release()
         log.info("stopped")
 
     def run_until_signal(self) -> int:

@@ -6,9 +6,15 @@ backoff when it exits, give up after a crash-loop limit instead of burning CPU f
 (SIGTERM, grace period, SIGKILL) when the agent stops. `external` engines (a pod's sidecar container) are
 only probed. Restart counts and the state are exported as Samples.
 
-The child runs in its own session (a Ctrl-C in the terminal reaches only the agent, which drains it) and,
-on Linux, gets SIGTERM if the agent dies (PR_SET_PDEATHSIG), so a SIGKILLed agent leaves no orphan holding
-the port. A pid file in the data dir lets a restarted agent reap a leftover child all the same.
+The child runs in its own session and process group (a Ctrl-C in the terminal reaches only the agent,
+which drains it), and stopping it signals the whole group, so an engine's worker processes stop with it. On
+Linux it gets SIGTERM if the agent dies (PR_SET_PDEATHSIG, set by dsagent.engine_launcher before it execs
+the engine: no Python runs between fork and exec in the threaded agent). A pid file in the data dir (pid and
+a per-spawn id every worker inherits) lets a restarted agent reap a leftover engine's whole group.
+
+A 200 from /readyz counts only when the engine's own process group listens on the engine port: a foreign
+process holding the port is named ("port 8000 is held by pid N (name)") and waited out, not taken for the
+engine. When the agent is PID 1 (a container's init) it also reaps the orphans the engine leaves.
 """
 
 from __future__ import annotations
@@ -16,8 +22,8 @@ from __future__ import annotations
 import enum
 import logging
 import os
+import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -28,6 +34,7 @@ from typing import IO
 
 import httpx
 
+from dsagent import engine_process
 from dsagent.config import EngineConfig, SupervisorConfig
 from dsagent.samples import Sample, make_labels
 
@@ -37,6 +44,8 @@ ENGINE_LOG_MAX_BYTES = 50 * 1024 * 1024
 PROGRESS_LOG_SECONDS = 10.0  # "still waiting" lines while the engine loads
 EXIT_POLL_SECONDS = 0.5  # how soon a crashed engine is noticed (cheap: one waitpid per poll)
 DEMO_SERVED_MODEL_NAME = "demo-model"  # what clients send as `model` when the agent generated the demo model
+PORT_RECHECK_SECONDS = 1.0  # how often a port held by another process is looked at again
+LAUNCHER = Path(__file__).with_name("engine_launcher.py")
 
 
 class EngineState(str, enum.Enum):
@@ -49,6 +58,7 @@ class EngineState(str, enum.Enum):
     FAILED = "failed"
     ATTACHED_READY = "attached_ready"
     ATTACHED_UNREACHABLE = "attached_unreachable"
+    WAITING_FOR_PORT = "waiting_for_port"
     STOPPING = "stopping"
 
 
@@ -63,14 +73,11 @@ def sidecar_command() -> list[str]:
     return [sys.executable, "-m", "dssidecar.cli"]
 
 
-def _set_parent_death_signal() -> None:  # runs in the child between fork and exec
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+def launched(command: list[str]) -> list[str]:
+    """`command` run through the launcher that sets the parent-death signal, then execs it (same pid)."""
+    if not command or shutil.which(command[0]) is None:
+        raise FileNotFoundError(f"{command[0] if command else '(empty command)'}: no such executable")
+    return [sys.executable, "-S", str(LAUNCHER), str(os.getpid()), *command]
 
 
 def backoff_seconds(consecutive_failures: int, initial_seconds: float, max_seconds: float) -> float:
@@ -111,6 +118,7 @@ class EngineSupervisor:
         self.last_exit_code: int | None = None
         self.ready_since_seconds: float | None = None
         self.model_path: Path | None = engine.model.expanduser().resolve() if engine.model else None
+        self.spawn_id = ""
 
     # ---- public --------------------------------------------------------------------------------------
 
@@ -268,9 +276,8 @@ class EngineSupervisor:
         command = [*sidecar_command(), "demo-model", str(target), "--size", demo.size,
                    "--seed", str(demo.seed), "--train-steps", str(demo.train_steps)]
         with self._open_log() as log_file:
-            process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, start_new_session=True,
-                                       preexec_fn=_set_parent_death_signal)
+            process = subprocess.Popen(launched(command), stdout=log_file, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL, start_new_session=True)
             with self._lock:
                 self._process = process
             deadline = time.monotonic() + self.config.demo_model_timeout_seconds
@@ -283,8 +290,7 @@ class EngineSupervisor:
                              time.monotonic() - started, self.log_path)
                     next_progress += PROGRESS_LOG_SECONDS
             if process.poll() is None:
-                process.kill()
-                process.wait()
+                engine_process.terminate_group(process.pid, 0, process, what="demo model generation")
             with self._lock:
                 self._process = None
         if (target / "manifest.json").exists():
@@ -295,63 +301,75 @@ class EngineSupervisor:
         return False
 
     def _reap_leftover(self) -> None:
-        """A previous agent that was SIGKILLed may have left its engine running: stop it."""
+        """A previous agent that was SIGKILLed may have left its engine (and its workers) running: stop the
+        whole process group, but only processes that carry that engine's spawn id (a reused pid is left alone)."""
         try:
-            old_pid = int(self.pid_path.read_text().strip())
-        except (OSError, ValueError):
+            recorded = self.pid_path.read_text().split()
+            old_pid = int(recorded[0])
+        except (OSError, ValueError, IndexError):
             return
-        try:
-            cmdline = Path(f"/proc/{old_pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            cmdline = ""
-        if cmdline and ("dssidecar" in cmdline or (self.engine.command and self.engine.command[0] in cmdline)):
-            log.warning("stopping a leftover engine process %d from a previous agent", old_pid)
-            try:
-                os.kill(old_pid, signal.SIGTERM)
-                deadline = time.monotonic() + self.config.drain_grace_seconds
-                while time.monotonic() < deadline and Path(f"/proc/{old_pid}").exists():
-                    time.sleep(0.1)
-                if Path(f"/proc/{old_pid}").exists():
-                    os.kill(old_pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        old_spawn_id = recorded[1] if len(recorded) > 1 else None
+        members = engine_process.live_group_members(old_pid)
+        ours = [pid for pid in members if old_spawn_id and engine_process.has_spawn_id(pid, old_spawn_id)]
+        if ours:
+            log.warning("stopping a leftover engine from a previous agent: process group %d (%s)", old_pid,
+                        ", ".join(f"pid {pid} ({engine_process.process_name(pid)})" for pid in ours))
+            engine_process.terminate_group(old_pid, self.config.drain_grace_seconds, what="leftover engine")
         self.pid_path.unlink(missing_ok=True)
 
-    def _warn_if_port_taken(self) -> None:
-        """A busy engine port makes every start fail the same way; say so plainly once per start."""
-        if self.engine.kind != "builtin":
-            return
-        import socket
+    def _engine_port_is_local(self) -> bool:
+        return self.engine.kind != "external" and not self.engine.url
 
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind((self.engine.host, self.engine.port))
-            except OSError as exc:
-                log.warning("engine port %s:%d is already in use (%s): the engine will fail to start; stop the "
-                            "other process or set engine.port / --engine-port", self.engine.host, self.engine.port,
-                            exc.strerror or exc)
+    def _wait_for_free_port(self) -> bool:
+        """Before a spawn: while another process listens on the engine port, say who (once per holder) and
+        wait, instead of starting an engine that cannot bind and counting that as a crash. False: stopping."""
+        if not self._engine_port_is_local():
+            return True
+        announced = None
+        while not self._stop.is_set():
+            holder = engine_process.port_holder_text(self.engine.port)
+            if holder is None:
+                return True
+            if holder != announced:
+                reason = (f"port {self.engine.port} is held by {holder}; the engine starts when it is free "
+                          "(stop that process or set engine.port / --engine-port)")
+                log.warning("engine %s", reason)
+                self._set_state(EngineState.WAITING_FOR_PORT, reason)
+                announced = holder
+            self._stop.wait(PORT_RECHECK_SECONDS)
+        return False
 
     def _spawn(self) -> subprocess.Popen[bytes]:
-        self._warn_if_port_taken()
         command = self._command()
+        self.spawn_id = secrets.token_hex(8)
         log.info("starting engine: %s (output -> %s)", " ".join(command), self.log_path)
         with self._open_log() as log_file:
             log_file.write(f"\n==== {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} "
                            f"start: {' '.join(command)}\n".encode())
             log_file.flush()
-            process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT,
+            process = subprocess.Popen(launched(command), stdout=log_file, stderr=subprocess.STDOUT,
                                        stdin=subprocess.DEVNULL, env=self._environment(),
-                                       start_new_session=True, preexec_fn=_set_parent_death_signal)
+                                       start_new_session=True)
         self.pid_path.parent.mkdir(parents=True, exist_ok=True)
-        self.pid_path.write_text(str(process.pid))
+        self.pid_path.write_text(f"{process.pid} {self.spawn_id}\n")
         return process
+
+    def _answer_is_ours(self, process: subprocess.Popen[bytes]) -> tuple[bool, str]:
+        """A ready answer counts only when the spawned engine's process group holds the engine port."""
+        if not self._engine_port_is_local():
+            return True, ""
+        served = engine_process.port_served_by_group(self.engine.port, process.pid)
+        if served is None or served:
+            return True, ""  # cannot tell (no /proc): trust the answer as before
+        holder = engine_process.port_holder_text(self.engine.port) or "another process"
+        return False, f"port {self.engine.port} is held by {holder}, not by the engine started as pid {process.pid}"
 
     def _wait_until_ready(self, process: subprocess.Popen[bytes], client: httpx.Client) -> tuple[bool, str]:
         started = time.monotonic()
         deadline = started + self.config.readiness_timeout_seconds
         next_progress = started + PROGRESS_LOG_SECONDS
         reason = "not probed yet"
+        announced = ""
         while not self._stop.is_set():
             if time.monotonic() >= next_progress:
                 log.info("engine not ready yet after %.0f s (%s); waiting up to %g s", time.monotonic() - started,
@@ -359,10 +377,16 @@ class EngineSupervisor:
                 next_progress += PROGRESS_LOG_SECONDS
             code = process.poll()
             if code is not None:
-                return False, f"exited with code {code} before becoming ready"
+                return False, f"exited with code {code} before becoming ready" + (f" ({announced})" if announced
+                                                                                   else "")
             ready, reason = self._probe_ready(client)
             if ready:
-                return True, ""
+                ready, reason = self._answer_is_ours(process)
+                if ready:
+                    return True, ""
+                if reason != announced:
+                    log.warning("engine readiness answered by someone else: %s", reason)
+                    announced = reason
             if time.monotonic() >= deadline:
                 return False, f"not ready after {self.config.readiness_timeout_seconds:g} s ({reason})"
             self._stop.wait(self.config.readiness_poll_seconds)
@@ -377,6 +401,12 @@ class EngineSupervisor:
         drain_process(process, self.config.drain_grace_seconds)
         self.pid_path.unlink(missing_ok=True)
 
+    def _reap_orphans(self) -> None:
+        if engine_process.reaps_orphans():
+            with self._lock:
+                owned = [self._process.pid] if self._process is not None else []
+            for pid in engine_process.reap_orphans(owned):
+                log.debug("reaped orphaned process %d", pid)
     def _run_loop(self) -> None:
         try:
             self._reap_leftover()
@@ -404,13 +434,15 @@ class EngineSupervisor:
             self._set_state(EngineState.FAILED, f"supervisor error: {exc}")
 
     def _run_once(self, client: httpx.Client) -> None:
+        if not self._wait_for_free_port():
+            return
         self._set_state(EngineState.STARTING, f"waiting for {self.engine_url}{self.config.readiness_path}")
         try:
             process = self._spawn()
         except OSError as exc:
             self.consecutive_failures += 1
             self.last_exit_code = None
-            log.error("cannot start the engine %s: %s", self._command()[0], exc)
+            log.error("cannot start the engine %s: %s", self._command()[0], exc.strerror or exc)
             return
         with self._lock:
             self._process = process
@@ -429,6 +461,7 @@ class EngineSupervisor:
         ready_at = time.monotonic()
         while not self._stop.is_set() and process.poll() is None:
             self._stop.wait(EXIT_POLL_SECONDS)
+            self._reap_orphans()
         if self._stop.is_set():
             drain_process(process, self.config.drain_grace_seconds)
             return
@@ -440,25 +473,8 @@ class EngineSupervisor:
                     time.monotonic() - ready_at)
 
 
-def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
-    """Signal the engine's whole process group (it runs in its own session), so workers stop too."""
-    try:
-        os.killpg(process.pid, signum)
-    except (ProcessLookupError, PermissionError):
-        try:
-            process.send_signal(signum)
-        except ProcessLookupError:
-            pass
-
-
 def drain_process(process: subprocess.Popen[bytes], grace_seconds: float) -> int:
-    """SIGTERM to the engine's process group, wait up to the grace period, then SIGKILL; returns the exit code."""
-    if process.poll() is None:
-        _signal_group(process, signal.SIGTERM)
-        try:
-            process.wait(timeout=grace_seconds)
-        except subprocess.TimeoutExpired:
-            log.warning("engine pid %d did not stop within %g s of SIGTERM; killing it", process.pid, grace_seconds)
-            _signal_group(process, signal.SIGKILL)
-            process.wait()
+    """SIGTERM to the engine's process group, wait up to the grace period for every member, then SIGKILL the
+    group; returns the leader's exit code."""
+    engine_process.terminate_group(process.pid, grace_seconds, process)
     return int(process.returncode) if process.returncode is not None else -1

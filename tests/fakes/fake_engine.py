@@ -6,6 +6,10 @@ handle. Standard library only, so it starts in well under a second.
 
     python tests/fakes/fake_engine.py --port P [--ready-after S] [--exit-after S] [--exit-code N]
                                        [--ignore-sigterm] [--never-ready]
+                                       [--spawn-worker] [--worker-ignores-sigterm]
+
+--spawn-worker starts one child process in the engine's process group (as vLLM's workers are) that prints
+"worker pid N" and sleeps; with --worker-ignores-sigterm it survives SIGTERM, as a stuck worker would.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--exit-code", type=int, default=1)
     parser.add_argument("--ignore-sigterm", action="store_true")
     parser.add_argument("--never-ready", action="store_true")
+    parser.add_argument("--spawn-worker", action="store_true")
+    parser.add_argument("--worker-ignores-sigterm", action="store_true")
     args = parser.parse_args(argv)
     started = time.monotonic()
 
@@ -60,6 +66,12 @@ def main(argv: list[str] | None = None) -> int:
         def log_message(self, *args: object) -> None:
             pass
 
+    if args.spawn_worker:
+        import subprocess
+
+        ignore = "signal.signal(signal.SIGTERM, signal.SIG_IGN); " if args.worker_ignores_sigterm else ""
+        worker = subprocess.Popen([sys.executable, "-c", f"import signal, time; {ignore}time.sleep(3600)"])
+        print(f"worker pid {worker.pid}", flush=True)
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     if args.ignore_sigterm:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)

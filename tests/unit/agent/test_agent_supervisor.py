@@ -50,7 +50,8 @@ def test_engine_becomes_ready_and_is_drained_on_stop(tmp_path: Path) -> None:
         assert sup.wait_ready(15), sup.status()
         pid = sup.pid()
         assert pid is not None and sup.status()["state"] == "ready"
-        assert (tmp_path / "engine.pid").read_text() == str(pid)
+        recorded_pid, spawn_id = (tmp_path / "engine.pid").read_text().split()
+        assert recorded_pid == str(pid) and spawn_id == sup.spawn_id
     finally:
         sup.stop()
     assert sup.pid() is None
@@ -181,8 +182,9 @@ def test_spawn_failure_counts_toward_the_crash_loop(tmp_path: Path) -> None:
         sup.stop()
 
 
-def test_busy_engine_port_is_reported_before_the_start_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                             caplog: pytest.LogCaptureFixture) -> None:
+def test_busy_engine_port_is_named_and_waited_out_not_a_crash_loop(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    import os
     import socket
 
     monkeypatch.setattr(supervisor_module, "sidecar_command", lambda: [sys.executable, "-c", "raise SystemExit(1)"])
@@ -197,7 +199,10 @@ def test_busy_engine_port_is_reported_before_the_start_fails(tmp_path: Path, mon
         with caplog.at_level("WARNING", logger="dsagent.supervisor"):
             sup.start()
             try:
-                assert wait_for(lambda: sup.state == EngineState.CRASH_LOOP)
+                assert wait_for(lambda: sup.state == EngineState.WAITING_FOR_PORT)
+                time.sleep(1.5)
+                assert sup.state == EngineState.WAITING_FOR_PORT and sup.starts_total == 0
+                assert f"port {port} is held by pid {os.getpid()} (" in str(sup.status()["reason"])
             finally:
                 sup.stop()
-    assert f"engine port 127.0.0.1:{port} is already in use" in caplog.text
+    assert caplog.text.count(f"port {port} is held by pid {os.getpid()}") == 1  # said once, not every recheck
