@@ -177,6 +177,33 @@ class ChatCompletionRequest(SamplingFields):
 # ---------------------------------------------------------------- responses
 
 
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """Every error this server answers, in OpenAI's shape."""
+
+    error: ErrorDetail
+
+
+def _error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    descriptions = {
+        400: "Invalid request: the message names the parameter",
+        413: "Request body larger than max_request_body_bytes",
+        429: "The engine's waiting queue is full (Retry-After)",
+        500: "The engine failed this request",
+        503: "Draining or the engine is not running (Retry-After)",
+    }
+    return {status: {"model": ErrorResponse, "description": descriptions[status]} for status in statuses}
+
+
+GENERATION_ERROR_RESPONSES = _error_responses(400, 413, 429, 500, 503)
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int

@@ -25,6 +25,7 @@ from starlette.types import Receive, Scope, Send
 from dssidecar.api.errors import APIError, bad_request, error_body, unavailable
 from dssidecar.api.generation import ClientGone, GenerationJob, ServingState, cancel_on_disconnect
 from dssidecar.api.openai_models import (
+    GENERATION_ERROR_RESPONSES,
     AssistantMessage,
     ChatChoice,
     ChatCompletionRequest,
@@ -32,6 +33,7 @@ from dssidecar.api.openai_models import (
     CompletionChoice,
     CompletionRequest,
     CompletionResponse,
+    ErrorResponse,
     ModelCard,
     ModelList,
     SamplingFields,
@@ -379,7 +381,12 @@ def _refuse(state: ServingState, record: RequestRecord, error: APIError) -> APIE
     return error
 
 
-@router.post("/v1/completions", response_model=None)
+@router.post(
+    "/v1/completions",
+    response_model=None,
+    responses={200: {"model": CompletionResponse, "description": "JSON, or text/event-stream with stream=true"},
+               **GENERATION_ERROR_RESPONSES},
+)
 async def create_completion(body: CompletionRequest, request: Request) -> Response:
     state = serving_state(request)
     record = _new_record(state, f"cmpl-{uuid.uuid4().hex}", "text_completion", bool(body.stream))
@@ -396,7 +403,12 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
     return await _run(request, job, "completion", body.include_usage_chunk, bool(body.stream))
 
 
-@router.post("/v1/chat/completions", response_model=None)
+@router.post(
+    "/v1/chat/completions",
+    response_model=None,
+    responses={200: {"model": ChatCompletionResponse, "description": "JSON, or text/event-stream with stream=true"},
+               **GENERATION_ERROR_RESPONSES},
+)
 async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
     state = serving_state(request)
     record = _new_record(state, f"chatcmpl-{uuid.uuid4().hex}", "chat", bool(body.stream))
@@ -419,7 +431,7 @@ async def list_models(request: Request) -> ModelList:
     return ModelList(data=[ModelCard(id=state.model_name, max_model_len=state.engine.max_model_len)])
 
 
-@router.get("/v1/models/{model_id:path}", response_model=ModelCard)
+@router.get("/v1/models/{model_id:path}", response_model=ModelCard, responses={404: {"model": ErrorResponse}})
 async def retrieve_model(model_id: str, request: Request) -> ModelCard:
     state = serving_state(request)
     if model_id != state.model_name:
