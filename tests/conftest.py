@@ -54,3 +54,17 @@ def trained_tiny_model_dir() -> Path:
 @pytest.fixture()
 def unused_port() -> int:
     return free_port()
+
+
+def require_tool(name: str, fallback_dirs: tuple[Path, ...] = ()) -> str:
+    """The path of a reference tool (systemd-analyze, hadolint, ...); missing: skip with the reason, or fail
+    on CI (CI=true), where .ci/install-deps and the dev extra must have provided it."""
+    import shutil
+
+    found = shutil.which(name) or next((str(d / name) for d in fallback_dirs if (d / name).is_file()), None)
+    if found:
+        return found
+    reason = f"{name} not found on PATH (installed by .ci/install-deps or the dev extra)"
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)
