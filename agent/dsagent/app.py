@@ -248,9 +248,16 @@ class Agent:
             self.requests_received_total += len(fresh)
         if not fresh:
             return
-        self.request_stats.record(fresh)
         if self.pipeline is not None:
-            self.pipeline.record_requests(fresh)
+            try:
+                self.pipeline.record_requests(fresh)  # durable first: a failure is answered 503, sent again
+            except Exception:
+                with self._records_lock:
+                    for record in fresh:
+                        self._seen_request_ids.pop(record.request_id, None)
+                    self.requests_received_total -= len(fresh)
+                raise
+        self.request_stats.record(fresh)
 
     def record_action(self, event: dict[str, Any]) -> None:
         """Actions (from rules, later) go to the status view and the audit stream."""
@@ -345,7 +352,12 @@ class Agent:
 
     def _safe_pipeline_stats(self) -> dict[str, Any]:
         try:
-            return dict(self.pipeline.stats()) if self.pipeline is not None else {}
+            if self.pipeline is None:
+                return {}
+            # per destination "state: refused" (and why) beside the counters: credentials to fix show here
+            return {**self.pipeline.stats(), **{f"{name}.state": f"{entry['state']}" + (
+                f": {entry['last_error']}" if entry["last_error"] else "") for name, entry in
+                self.pipeline.destination_status().items()}}
         except Exception as exc:
             return {"error": str(exc)}
 

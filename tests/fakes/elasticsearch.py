@@ -6,7 +6,8 @@ existing `_id` -> 409 `version_conflict_engine_exception`; a value that does not
 of the matching template -> 400 `document_parsing_exception`), `_count`, `_search` (match_all, term,
 terms, match, ids, exists, range, bool) and `_refresh`. Faults are injected through `FakeElasticsearch.set_faults()` or
 `POST /_fake/faults` (whole-request status such as 429/503 for the next N requests, a response delay to
-cause client timeouts, per-item statuses for every k-th bulk item).
+cause client timeouts, per-item statuses for every k-th bulk item, data streams that may not be
+auto-created as with `action.auto_create_index: false`: per-item 404 `index_not_found_exception`).
 
     python -m tests.fakes.elasticsearch --port P       # separate process, prints its URL when ready
 """
@@ -49,6 +50,7 @@ class Faults:
     item_every: int = 1
     remaining_items: int | None = None
     paths: tuple[str, ...] = ("/_bulk",)
+    missing_streams: tuple[str, ...] = ()  # fnmatch patterns of streams that cannot be auto-created
 
 
 class _Index:
@@ -110,14 +112,17 @@ class FakeElasticsearch:
         item_every: int = 1,
         items: int | None = None,
         paths: tuple[str, ...] = ("/_bulk",),
+        missing_streams: tuple[str, ...] = (),
     ) -> None:
         """`status` answers the next `requests` requests whose path contains one of `paths` (None: all
         until cleared); `delay_seconds` stalls every such request; `item_status` fails every
-        `item_every`-th bulk item (`items` of them, None: until cleared)."""
+        `item_every`-th bulk item (`items` of them, None: until cleared); bulk items for a stream matching
+        one of `missing_streams` (not yet existing) answer 404 as with `action.auto_create_index: false`."""
         if item_every < 1:
             raise ValueError(f"item_every must be >= 1, got {item_every}")
         with self._lock:
-            self.faults = Faults(status, requests, delay_seconds, item_status, item_every, items, tuple(paths))
+            self.faults = Faults(status, requests, delay_seconds, item_status, item_every, items, tuple(paths),
+                                 tuple(missing_streams))
 
     def clear_faults(self) -> None:
         with self._lock:
@@ -233,6 +238,11 @@ class FakeElasticsearch:
         if op_type not in ("create", "index"):
             result.update(_error(400, "illegal_argument_exception", f"unknown bulk action [{op_type}]"))
             return result
+        if any(fnmatch.fnmatchcase(index_name, pattern) for pattern in faults.missing_streams) and not any(
+                index_name in (index.name, index.data_stream) for index in self.indices.values()):
+            result.update(_error(404, "index_not_found_exception", f"no such index [{index_name}] and "
+                                 "[action.auto_create_index] is [false]"))
+            return result
         index, failure = self._index_for_write(index_name, op_type)
         if index is None:
             result.update(failure or {})
@@ -330,7 +340,9 @@ def _error(status: int, error_type: str, reason: str) -> dict[str, Any]:
 
 
 def _fault_type(status: int) -> str:
-    return {429: "es_rejected_execution_exception", 409: "version_conflict_engine_exception"}.get(
+    return {429: "es_rejected_execution_exception", 409: "version_conflict_engine_exception",
+            401: "security_exception", 403: "security_exception", 404: "index_not_found_exception",
+            413: "content_too_long_exception"}.get(
         status, "mapper_parsing_exception" if status == 400 else "unavailable_shards_exception")
 
 

@@ -54,6 +54,8 @@ class SpoolConfig(_Strict):
     batch_documents: int = Field(2000, gt=0, description="documents per send while draining")
     retry_initial_seconds: float = Field(0.5, gt=0)
     retry_max_seconds: float = Field(30.0, gt=0)
+    move_aside_after_attempts: int = Field(
+        5, ge=1, description="failed sends before a document stuck at the head of the queue is moved to its tail")
 
 
 class ElasticsearchConfig(_Strict):

@@ -26,12 +26,19 @@ from dsagent.export.spool import SpoolEntry, SpoolRecord
 
 @dataclass
 class SendOutcome:
-    """Per-entry result of one send: `acked` and `dead` leave the spool, `retry` stays for later."""
+    """Per-entry result of one send: `acked` and `dead` leave the spool, `retry` stays for later.
+
+    `refused`: the destination refused us for a reason an operator must fix (credentials, rights, a missing
+    endpoint or index): retried like any failure, but counted and shown as a refusal, never dead-lettered.
+    `item_level`: the results are per document (a bulk response), so a document failing alone can be
+    moved aside."""
 
     acked: list[int] = field(default_factory=list)
     dead: list[tuple[SpoolEntry, str]] = field(default_factory=list)
     retry: list[int] = field(default_factory=list)
     retry_reason: str = ""
+    refused: bool = False
+    item_level: bool = False
 
     @classmethod
     def retry_all(cls, entries: Sequence[SpoolEntry], reason: str) -> SendOutcome:

@@ -3,6 +3,12 @@
 Entries leave the spool only when the destination acknowledged them (or refused them for good, then
 they go to the dead-letter file first). A failing destination makes the thread wait longer and longer
 (capped), never spin, and never drop anything.
+
+A refusal (bad credentials, no rights, a missing endpoint) is retried the same way and counted apart
+(`refused_retries`, `state` "refused"), so an operator sees why nothing arrives. A document that keeps
+failing with a retryable per-item error at the head of the queue is moved aside after
+`move_aside_after_attempts` tries (appended again at the tail, counted in `moved_aside_documents`): it is
+retried later and cannot block the documents behind it.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import threading
 import time
 
 from dsagent.export.destination import DeadLetterFile, Destination, SendOutcome
-from dsagent.export.spool import Spool
+from dsagent.export.spool import Spool, SpoolEntry, SpoolRecord
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +55,7 @@ class SpoolDrainer:
         batch_documents: int,
         backoff: Backoff,
         idle_poll_seconds: float = 1.0,
+        move_aside_after_attempts: int = 5,
     ) -> None:
         self.destination = destination
         self.spool = spool
@@ -59,7 +66,12 @@ class SpoolDrainer:
         self.sent_documents = 0
         self.dead_lettered_documents = 0
         self.retries = 0
+        self.refused_retries = 0
+        self.moved_aside_documents = 0
+        self.move_aside_after_attempts = move_aside_after_attempts
         self.last_error = ""
+        self.refused = False
+        self._attempts: dict[int, int] = {}  # seq -> failed sends, for the documents at the head
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -113,16 +125,48 @@ class SpoolDrainer:
         self.spool.ack(done)
         self.sent_documents += len(outcome.acked)
         if outcome.retry:
+            self._move_aside_stuck(entries, outcome)
+            if outcome.refused:
+                self.refused_retries += 1
+            self.refused = outcome.refused
             self._failed(outcome.retry_reason or "destination asked to retry")
             return bool(done)
+        self._attempts.clear()
         self.backoff.reset()
         self.last_error = ""
+        self.refused = False
         return True
+
+    @property
+    def state(self) -> str:
+        """ok | retrying | refused (an operator must fix credentials, rights or the endpoint)."""
+        if not self.last_error:
+            return "ok"
+        return "refused" if self.refused else "retrying"
+
+    def _move_aside_stuck(self, entries: list[SpoolEntry], outcome: SendOutcome) -> None:
+        """Per-item failures only (a whole request failing says nothing about its documents): a document
+        failing at the head `move_aside_after_attempts` times goes to the tail."""
+        retried = set(outcome.retry)
+        self._attempts = {seq: self._attempts.get(seq, 0) + 1 for seq in retried}
+        if not outcome.item_level:
+            return
+        stuck = [entry for entry in entries if self._attempts.get(entry.seq, 0) >= self.move_aside_after_attempts]
+        if not stuck:
+            return
+        self.spool.append([SpoolRecord(entry.kind, entry.stream, entry.doc_id, entry.payload) for entry in stuck])
+        self.spool.ack(entry.seq for entry in stuck)
+        self.moved_aside_documents += len(stuck)
+        for entry in stuck:
+            self._attempts.pop(entry.seq, None)
+        log.warning("%s: moved %d document(s) failing at the head of the queue aside (%s); they are retried "
+                    "after the ones behind them", self.destination.name, len(stuck), outcome.retry_reason)
 
     def _failed(self, reason: str) -> None:
         self.retries += 1
         if reason != self.last_error:
-            log.warning("%s export failed, will retry: %s", self.destination.name, reason)
+            log.warning("%s export %s, will retry: %s", self.destination.name,
+                        "refused" if self.refused else "failed", reason)
         self.last_error = reason
         self._stop.wait(self.backoff.next_delay_seconds())
 

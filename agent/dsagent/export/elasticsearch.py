@@ -2,15 +2,26 @@
 
 A retry or a replay after a crash re-sends documents that may already be stored; because every action
 is `create` with the document's deterministic `_id`, Elasticsearch answers 409 for those and we count
-that as delivered, so each document is stored exactly once. Whole-request failures (connection errors,
-timeouts, 429, 5xx) and per-item 429/5xx are retried by the drainer with backoff; per-item mapping or
-parse errors (400) can never succeed and go to the dead-letter file with the reason.
+that as delivered, so each document is stored exactly once.
+
+Classification, as Elastic Agent does it: whole-request failures (connection errors, timeouts, 429, 5xx)
+and per-item 429/5xx are retried with backoff. Authentication and authorization failures (401/403, per
+request or per item: an API key without write rights) and a malformed request (400) are not the
+documents' fault: they are retried and surfaced as a refusal (a counter, the status, a log line per change)
+and never dead-lettered. A 413 splits the batch. A per-item 404 (data stream missing, e.g.
+`auto_create_index: false`) reinstalls the templates and is retried; the drainer moves a document that keeps
+failing at the head of the queue aside so it cannot block those behind it. A document is dead-lettered only
+when its own item fails with a mapping/parse error while other items of the same request succeed: if every
+item fails, the cluster (a broken template) is the suspect, not the documents. A 403 while installing the
+index templates (a key allowed to write but not to manage templates) does not stop sending: the exporter
+sends into whatever templates the cluster has and says so in its status, retrying the install later.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,10 +35,16 @@ log = logging.getLogger(__name__)
 
 #: per-item statuses worth retrying; everything else that is not 2xx/409 is dead-lettered.
 RETRY_ITEM_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
-#: whole-request statuses that one bad or oversized document can cause: split the batch to find it.
-SPLIT_REQUEST_STATUSES = frozenset({400, 413})
+#: whole-request status that one oversized document can cause: split the batch to find it.
+SPLIT_REQUEST_STATUSES = frozenset({413})
+#: the cluster refuses us, not the documents: retry, surface, never dead-letter.
+REFUSED_STATUSES = frozenset({400, 401, 403})
 #: a 404 on an item means the data stream or its template vanished: reinstall templates and retry.
 REINSTALL_ITEM_STATUSES = frozenset({404})
+#: per-item failures that are the document's own (its fields do not fit the mapping).
+DOCUMENT_ERROR_STATUSES = frozenset({400})
+#: how long to send without templates (after a 403 installing them) before trying the install again
+TEMPLATE_RETRY_SECONDS = 60.0
 
 BULK_FILTER_PATH = "errors,items.*.status,items.*.error.type,items.*.error.reason"
 
@@ -58,19 +75,32 @@ class ElasticsearchDestination(Destination):
         self.config = config
         self._client = client if client is not None else build_client(config)
         self._templates_installed = not config.install_templates
+        self.templates_status = "not installed yet" if config.install_templates else "not managed (install_templates: false)"
+        self._templates_retry_at = 0.0
 
     def stream_name(self, document: Document) -> str:
         return f"{document.data_type}-{self.config.index_prefix}.{document.dataset}-{self.config.namespace}"
 
     def prepare(self) -> str | None:
-        if self._templates_installed:
+        if self._templates_installed or time.monotonic() < self._templates_retry_at:
             return None
         try:
             for name, body in all_templates(self.config.index_prefix, self.config.metrics_time_series_mode).items():
                 self._client.indices.put_index_template(name=name, **body)
         except Exception as error:  # noqa: BLE001 - any failure means "not ready yet, retry"
+            if _status(error) in (401, 403):
+                # allowed to write (maybe) but not to manage templates: send into what the cluster has
+                self.templates_status = (f"not installed ({_describe(error)}); sending without them, retrying the "
+                                         f"install every {TEMPLATE_RETRY_SECONDS:g} s: grant manage_index_templates "
+                                         "or install them once with a privileged key")
+                if self._templates_retry_at == 0.0:
+                    log.warning("%s: index templates %s", self.name, self.templates_status)
+                self._templates_retry_at = time.monotonic() + TEMPLATE_RETRY_SECONDS
+                return None
             return f"installing index templates failed: {_describe(error)}"
         self._templates_installed = True
+        self._templates_retry_at = 0.0
+        self.templates_status = "installed"
         return None
 
     def bulk_body(self, entries: Sequence[SpoolEntry]) -> bytes:
@@ -99,10 +129,12 @@ class ElasticsearchDestination(Destination):
         try:
             response = self._client.bulk(operations=self.bulk_body(entries), filter_path=BULK_FILTER_PATH)
         except Exception as error:  # noqa: BLE001 - connection errors, timeouts, 429/5xx: retry the batch
-            status = getattr(getattr(error, "meta", None), "status", None)
+            status = _status(error)
             if status in SPLIT_REQUEST_STATUSES:
                 return self._split_or_dead_letter(entries, f"bulk request refused: {_describe(error)}")
-            return SendOutcome.retry_all(entries, f"bulk request failed: {_describe(error)}")
+            outcome = SendOutcome.retry_all(entries, f"bulk request failed: {_describe(error)}")
+            outcome.refused = status in REFUSED_STATUSES
+            return outcome
         body = response.body if hasattr(response, "body") else response
         items = body.get("items") or []
         if not body.get("errors"):
@@ -111,7 +143,8 @@ class ElasticsearchDestination(Destination):
             return SendOutcome.retry_all(
                 entries, f"bulk response had {len(items)} items for {len(entries)} actions"
             )
-        outcome = SendOutcome()
+        outcome = SendOutcome(item_level=True)
+        document_errors: list[tuple[SpoolEntry, str]] = []
         for entry, item in zip(entries, items, strict=True):
             result = next(iter(item.values())) if item else {}
             status = int(result.get("status", 0))
@@ -124,8 +157,20 @@ class ElasticsearchDestination(Destination):
                 self._templates_installed = not self.config.install_templates
                 outcome.retry.append(entry.seq)
                 outcome.retry_reason = f"item status {status}: {_item_error(result)}"
-            else:
-                outcome.dead.append((entry, f"status {status}: {_item_error(result)}"))
+                outcome.refused = True
+            elif status in DOCUMENT_ERROR_STATUSES and "security" not in _item_error(result):
+                document_errors.append((entry, f"status {status}: {_item_error(result)}"))
+            else:  # 401/403 security_exception and anything unknown: the cluster's refusal, not the document's
+                outcome.retry.append(entry.seq)
+                outcome.retry_reason = f"item status {status}: {_item_error(result)}"
+                outcome.refused = True
+        if document_errors and outcome.acked:
+            outcome.dead.extend(document_errors)  # the rest of the batch went in: these documents are at fault
+        elif document_errors:
+            outcome.retry.extend(entry.seq for entry, _ in document_errors)
+            outcome.retry_reason = (f"every item failed, {len(document_errors)} with a mapping error "
+                                    f"({document_errors[0][1]}): retrying, the index template may be wrong")
+            outcome.refused = True
         return outcome
 
     def _split_or_dead_letter(self, entries: Sequence[SpoolEntry], reason: str) -> SendOutcome:
@@ -140,6 +185,7 @@ class ElasticsearchDestination(Destination):
             dead=first.dead + second.dead,
             retry=first.retry + second.retry,
             retry_reason=second.retry_reason or first.retry_reason,
+            refused=first.refused or second.refused,
         )
 
     def close(self) -> None:
@@ -156,7 +202,12 @@ def _item_error(result: dict[str, Any]) -> str:
     return str(error or "no error detail")
 
 
-def _describe(error: BaseException) -> str:
+def _status(error: BaseException) -> int | None:
     status = getattr(getattr(error, "meta", None), "status", None)
+    return int(status) if isinstance(status, int) else None
+
+
+def _describe(error: BaseException) -> str:
+    status = _status(error)
     text = str(error) or type(error).__name__
     return f"{type(error).__name__} (status {status}): {text}" if status else f"{type(error).__name__}: {text}"

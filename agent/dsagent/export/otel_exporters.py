@@ -116,13 +116,19 @@ class BufferedLogRecordProcessor(LogRecordProcessor):
     The pipeline flushes after each `record_requests` / `record_action` call, so when that call returns
     its records are committed to every spool (durable) in one transaction per spool - unlike the SDK's
     BatchLogRecordProcessor, which may drop records when its queue fills and holds them in memory.
+    Records whose flush failed (a full disk) stay pending for the next flush, at most `max_pending` of
+    them: past that the oldest are dropped and counted in `dropped_records` (memory stays bounded), and a
+    caller that can have its records sent again (the OTLP receiver answering 503) takes its own back with
+    `discard_newest`.
     """
 
-    def __init__(self, exporter: LogRecordExporter) -> None:
+    def __init__(self, exporter: LogRecordExporter, max_pending: int = 10_000) -> None:
         self._exporter = exporter
         self._pending: list[ReadableLogRecord] = []
         self._lock = threading.Lock()
         self._shutdown = False
+        self.max_pending = max_pending
+        self.dropped_records = 0
 
     def on_emit(self, log_record: ReadWriteLogRecord) -> None:
         if self._shutdown:
@@ -146,7 +152,22 @@ class BufferedLogRecordProcessor(LogRecordProcessor):
                 return True
             # keep them for the next flush: a spool that failed (e.g. disk full) may accept them later
             self._pending = batch + self._pending
+            excess = len(self._pending) - self.max_pending
+            if excess > 0:
+                del self._pending[:excess]
+                self.dropped_records += excess
+                log.warning("the spools keep failing: dropped the %d oldest unspooled log records", excess)
             return False
+
+    def discard_newest(self, count: int) -> None:
+        """Forget the last `count` pending records (their sender was told to send them again)."""
+        with self._lock:
+            if count > 0:
+                del self._pending[-count:]
+
+    @property
+    def pending_records(self) -> int:
+        return len(self._pending)
 
     def shutdown(self) -> None:
         if not self._shutdown:

@@ -4,6 +4,12 @@ The OpenTelemetry SDK batches are encoded once into OTLP `Export*ServiceRequest`
 spooled; the drainer POSTs them to `<endpoint>/v1/metrics` or `/v1/logs`. Consecutive spooled requests
 for the same path are concatenated into one POST: protobuf concatenation of two messages merges their
 repeated `resource_*` fields, which is exactly one bigger valid request.
+
+Answers are classified as the OpenTelemetry collector's exporter does: 2xx delivered; 408/429/5xx retried;
+401, 403 and 404 (an expired token, a wrong path) retried with backoff and surfaced as a refusal, never
+dead-lettered, so a credential problem cannot empty the durable spool; 413 splits the POST into smaller
+ones (a single spooled request still too large can never be sent and is dead-lettered); any other 4xx is
+a payload the collector will never accept and is dead-lettered with its reason.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from dsagent.export.spool import LOG, METRIC, SpoolEntry, SpoolRecord
 METRICS_PATH = "/v1/metrics"
 LOGS_PATH = "/v1/logs"
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+REFUSED_STATUSES = frozenset({401, 403, 404})
+TOO_LARGE_STATUS = 413
 MAX_POST_BYTES = 4 * 1024 * 1024
 
 
@@ -56,24 +64,36 @@ class OtlpDestination(Destination):
     def send(self, entries: Sequence[SpoolEntry]) -> SendOutcome:
         outcome = SendOutcome()
         for group in _consecutive_groups(entries):
-            path = group[0].stream
-            body = b"".join(entry.payload for entry in group)
-            seqs = [entry.seq for entry in group]
-            try:
-                response = self._client.post(self.config.endpoint + path, content=body)
-            except httpx.HTTPError as error:
-                outcome.retry.extend(seqs)
-                outcome.retry_reason = f"POST {path} failed: {type(error).__name__}: {error}"
-                continue
-            if 200 <= response.status_code < 300:
-                outcome.acked.extend(seqs)
-            elif response.status_code in RETRY_STATUSES:
-                outcome.retry.extend(seqs)
-                outcome.retry_reason = f"POST {path} answered {response.status_code}"
-            else:
-                reason = f"POST {path} answered {response.status_code}: {response.text[:500]}"
-                outcome.dead.extend((entry, reason) for entry in group)
+            self._post(group, outcome)
         return outcome
+
+    def _post(self, group: Sequence[SpoolEntry], outcome: SendOutcome) -> None:
+        path = group[0].stream
+        body = b"".join(entry.payload for entry in group)
+        seqs = [entry.seq for entry in group]
+        try:
+            response = self._client.post(self.config.endpoint + path, content=body)
+        except httpx.HTTPError as error:
+            outcome.retry.extend(seqs)
+            outcome.retry_reason = f"POST {path} failed: {type(error).__name__}: {error}"
+            return
+        status = response.status_code
+        if 200 <= status < 300:
+            outcome.acked.extend(seqs)
+        elif status in RETRY_STATUSES:
+            outcome.retry.extend(seqs)
+            outcome.retry_reason = f"POST {path} answered {status}"
+        elif status in REFUSED_STATUSES:
+            outcome.retry.extend(seqs)
+            outcome.retry_reason = f"POST {self.config.endpoint}{path} answered {status}: {response.text[:200]}"
+            outcome.refused = True
+        elif status == TOO_LARGE_STATUS and len(group) > 1:
+            half = len(group) // 2
+            self._post(group[:half], outcome)
+            self._post(group[half:], outcome)
+        else:
+            reason = f"POST {path} answered {status}: {response.text[:500]}"
+            outcome.dead.extend((entry, reason) for entry in group)
 
     def close(self) -> None:
         self._client.close()

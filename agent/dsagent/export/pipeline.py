@@ -51,6 +51,11 @@ log = logging.getLogger(__name__)
 SCOPE_NAME = "dsagent"
 
 
+class ExportUnavailable(RuntimeError):
+    """Records could not be committed to every durable spool (a full disk, or the pipeline is shut down):
+    the caller must not acknowledge them (the OTLP receiver answers 503 and the engine sends again)."""
+
+
 def build_destinations(config: ExportConfig, data_dir: Path) -> list[Destination]:
     destinations: list[Destination] = []
     if config.file.enabled:
@@ -95,6 +100,7 @@ class TelemetryPipeline:
                 DeadLetterFile(self.data_dir / "dead-letter" / f"{destination.name}.ndjson"),
                 config.spool.batch_documents,
                 Backoff(config.spool.retry_initial_seconds, config.spool.retry_max_seconds),
+                move_aside_after_attempts=config.spool.move_aside_after_attempts,
             )
             self.targets.append(SpoolTarget(destination, spool, drainer))
 
@@ -194,11 +200,12 @@ class TelemetryPipeline:
         self._samples.record(samples)
 
     def record_requests(self, records: list[RequestRecord]) -> None:
-        """Histograms plus one log record per request; committed to every spool when this returns."""
+        """Histograms plus one log record per request; committed to every spool when this returns.
+
+        Raises ExportUnavailable when they could not be committed (nothing of them is kept then: the
+        sender retries), or after shutdown."""
         if self._shut_down:
-            log.warning("record_requests after shutdown: %d records ignored", len(records))
-            return
-        self._requests.record(records)
+            raise ExportUnavailable(f"the export pipeline is shut down; {len(records)} request records refused")
         with self._emit_lock:
             for record in records:
                 self._logger.emit(
@@ -207,7 +214,11 @@ class TelemetryPipeline:
                     event_name=REQUEST_EVENT,
                     severity_number=SeverityNumber.INFO,
                 )
-            self._log_processor.force_flush()
+            if not self._log_processor.force_flush():
+                self._log_processor.discard_newest(len(records))
+                raise ExportUnavailable(f"{len(records)} request records could not be written to the durable "
+                                        "spool (see the log for the spool's error)")
+        self._requests.record(records)  # histograms only for records that were accepted
 
     def record_action(self, event: dict[str, Any]) -> None:
         """An audit event (timestamp, rule, knob, old, new, outcome, reason); durable when this returns."""
@@ -225,9 +236,21 @@ class TelemetryPipeline:
             self._log_processor.force_flush()
 
     # -- observation ---------------------------------------------------------------------------
+    def destination_status(self) -> dict[str, dict[str, Any]]:
+        """Per destination: state (ok / retrying / refused) and the last error, for /api/status."""
+        status: dict[str, dict[str, Any]] = {}
+        for target in self.targets:
+            entry: dict[str, Any] = {"state": target.drainer.state, "last_error": target.drainer.last_error or None}
+            templates = getattr(target.destination, "templates_status", None)
+            if templates is not None:
+                entry["index_templates"] = templates
+            status[target.destination.name] = entry
+        return status
+
     def stats(self) -> dict[str, float]:
         totals = {"sent_documents": 0.0, "dropped_documents": 0.0, "dead_lettered_documents": 0.0,
-                  "retries": 0.0, "spool_depth_documents": 0.0}
+                  "retries": 0.0, "spool_depth_documents": 0.0, "refused_retries": 0.0,
+                  "moved_aside_documents": 0.0, "over_quota_appends": 0.0}
         figures: dict[str, float] = {}
         for target in self.targets:
             name = target.destination.name
@@ -238,6 +261,9 @@ class TelemetryPipeline:
                 "dropped_documents": float(target.spool.dropped_metric_documents),
                 "dead_lettered_documents": float(target.drainer.dead_lettered_documents),
                 "retries": float(target.drainer.retries),
+                "refused_retries": float(target.drainer.refused_retries),
+                "moved_aside_documents": float(target.drainer.moved_aside_documents),
+                "over_quota_appends": float(target.spool.over_quota_appends),
             }
             for key, value in per.items():
                 figures[f"{name}.{key}"] = value
@@ -245,6 +271,7 @@ class TelemetryPipeline:
                     totals[key] += value
         figures.update(totals)
         figures["failed_exports"] = float(self._metric_exporter.failed_exports + self._log_exporter.failed_exports)
+        figures["unspooled_records_dropped"] = float(self._log_processor.dropped_records)
         return figures
 
 

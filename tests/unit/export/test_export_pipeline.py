@@ -119,7 +119,10 @@ def test_stats_and_idempotent_shutdown(tmp_path: Path) -> None:
     assert stats["file.sent_documents"] == 1 and stats["spool_depth_documents"] == 0
     pipeline.shutdown()
     pipeline.shutdown()
-    pipeline.record_requests([RequestRecord("r2", time.time())])  # ignored with a warning, no exception
+    from dsagent.export.pipeline import ExportUnavailable
+
+    with pytest.raises(ExportUnavailable):  # refused (the receiver answers 503), never accepted and dropped
+        pipeline.record_requests([RequestRecord("r2", time.time())])
 
 
 def test_undelivered_documents_wait_in_the_spool_for_the_next_start(tmp_path: Path) -> None:
