@@ -110,8 +110,10 @@ def build_api(
     status_provider: Callable[[], dict[str, Any]],
     otlp_router: APIRouter | None = None,
     metrics_lookback_seconds: float = 60.0,
+    rule_manager: Callable[[], Any] | None = None,
 ) -> FastAPI:
-    """The FastAPI app; status_provider builds /api/status's JSON (the Agent supplies it)."""
+    """The FastAPI app; status_provider builds /api/status's JSON (the Agent supplies it); rule_manager
+    returns the rules' manager (or None) for /api/v1/rules, /api/v1/alerts and the page."""
     app = FastAPI(title="dsagent", docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.get("/healthz")
@@ -127,6 +129,11 @@ def build_api(
         text = render_prometheus(fresh_samples(store, time.time(), metrics_lookback_seconds))
         return PlainTextResponse(text, media_type=PROMETHEUS_CONTENT_TYPE)
 
+    from dsagent.page import build_page_router
+    from dsagent.prom_api import build_prom_router
+
+    app.include_router(build_prom_router(store, rule_manager))  # Prometheus HTTP API over the store
+    app.include_router(build_page_router(store, status_provider, rule_manager))  # the live page at /
     if otlp_router is not None:
         app.include_router(otlp_router)
     return app
