@@ -15,6 +15,7 @@ from typing import Any
 
 import typer
 
+from dsagent.actions.cli_act import act as act_command
 from dsagent.dashboards.cli import app as dashboards_app
 
 app = typer.Typer(
@@ -28,6 +29,7 @@ app = typer.Typer(
 config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(dashboards_app, name="dashboards")
+app.command("act")(act_command)  # dsagent.actions.cli_act: one operator Decision through the guard
 
 ConfigOption = typer.Option(None, "--config", "-c", envvar="DSAGENT_CONFIG",
                             help="YAML config file (default: the embedded default).")

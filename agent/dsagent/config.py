@@ -22,6 +22,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from dsagent.actions.config import ActionsConfig
 from dsagent.export.config import ExportConfig
 from dsagent.sources.config import SourcesConfig
 
@@ -198,6 +199,7 @@ class AgentConfig(_Section):
     store: StoreConfig = Field(default_factory=StoreConfig)
     intervals: IntervalsConfig = Field(default_factory=IntervalsConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
+    actions: ActionsConfig = Field(default_factory=ActionsConfig)  # rules that act: guard, scale target, notify
     data_dir: Path = Field(default_factory=lambda: default_data_dir())
     log_level: str = "INFO"
 

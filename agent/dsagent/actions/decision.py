@@ -39,7 +39,8 @@ class Reason:
         if self.source == "rule":
             shown = f"{self.value:.4g}" if isinstance(self.value, float) and math.isfinite(self.value) else "?"
             return f"rule {self.rule} firing (value {shown})" + (f": {self.detail}" if self.detail else "")
-        return f"{self.source}" + (f" {self.rule}" if self.rule else "") + (f": {self.detail}" if self.detail else "")
+        named = f" {self.rule}" if self.rule and self.rule != self.source else ""
+        return f"{self.source}{named}" + (f": {self.detail}" if self.detail else "")
 
 
 @dataclass

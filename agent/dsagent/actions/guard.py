@@ -59,6 +59,7 @@ class _TargetHistory:
     last_change_seconds: float | None = None
     last_direction: str | None = None
     last_dry_run_seconds: float | None = None
+    last_failed_seconds: float | None = None  # a failing actuator is retried after the cooldown, not every tick
     last_skip_key: str | None = None
 
 
@@ -107,14 +108,28 @@ class Guard:
             try:
                 detail = actuator.apply(decision)
             except ActuatorError as exc:
+                history.last_failed_seconds = now
                 return self._finish(decision, "failed", exc.reason, history, detail=exc.detail)
             except Exception as exc:  # an actuator bug must fail this Decision, not the agent
                 log.exception("actuator for %s failed unexpectedly", decision.action)
+                history.last_failed_seconds = now
                 return self._finish(decision, "failed", f"{type(exc).__name__}: {exc}", history)
             self._note_change(decision, history, now)
             outcome = self._finish(decision, "applied", self._applied_text(decision), history, detail=detail)
             self._schedule_verify(outcome, now)
             return outcome
+
+    def fail(self, decision: Decision, reason: str) -> Outcome:
+        """Audit a Decision that could not even be planned (e.g. the current value was unreadable)."""
+        with self._lock:
+            history = self._targets.setdefault(decision.target, _TargetHistory())
+            now = self.clock()
+            cooldown = self._cooldown_for(decision)
+            if history.last_failed_seconds is not None and now - history.last_failed_seconds < cooldown:
+                return self._finish(decision, "skipped", f"cooldown after a failed attempt: {reason}", history,
+                                    skip_key="cooldown_failed")
+            history.last_failed_seconds = now
+            return self._finish(decision, "failed", reason, history, skip_key=None)
 
     def tick(self, now: float | None = None) -> list[Outcome]:
         """Run every verify whose settle time has passed; returns their outcomes (verified / rolled_back)."""
@@ -159,6 +174,10 @@ class Guard:
         last = history.last_change_seconds
         if decision.dry_run or self.config.dry_run:
             last = max(filter(None, (last, history.last_dry_run_seconds)), default=None)
+        failed = history.last_failed_seconds
+        if failed is not None and now - failed < cooldown and (last is None or failed > last):
+            return "cooldown_failed", (f"cooldown: the last attempt on {decision.short_target()} failed "
+                                       f"{now - failed:.0f} s ago (retried after {cooldown:g} s)")
         if last is not None and now - last < cooldown:
             return "cooldown", (f"cooldown: {decision.short_target()} changed {now - last:.0f} s ago "
                                 f"(cooldown {cooldown:g} s)")
@@ -328,14 +347,14 @@ def audit_event(outcome: Outcome) -> dict[str, Any]:
     decision = outcome.decision
     reason = decision.reason
     event: dict[str, Any] = {
-        "timestamp": time.time(),
+        "timestamp": _iso_now(),
         "decision_id": decision.id,
         "outcome": outcome.status,
         "action": decision.action,
         "target": decision.target,
         "knob": decision.short_target(),
-        "old": _audit_value(decision.old_value),
-        "new": _audit_value(decision.new_value),
+        "old": _audit_scalar(decision.old_value),
+        "new": _audit_scalar(decision.new_value),
         "rule": reason.rule or reason.source,
         "source": reason.source,
         "reason": outcome.reason,
@@ -349,6 +368,22 @@ def audit_event(outcome: Outcome) -> dict[str, Any]:
     if outcome.detail:
         event["detail"] = {key: _audit_value(value) for key, value in outcome.detail.items()}
     return event
+
+
+def _iso_now() -> str:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _audit_scalar(value: Any) -> Any:
+    """old/new are keyword fields in logs-dsagent.actions: structured values (per-GPU limits) become compact
+    JSON text so every document maps the same way."""
+    if isinstance(value, dict | list | tuple):
+        import json
+
+        return json.dumps(_audit_value(value), sort_keys=True, separators=(",", ":"))
+    return _audit_value(value)
 
 
 def _audit_value(value: Any) -> Any:

@@ -122,6 +122,12 @@ class SimulatedGpuBackend:
         self._temperatures = [self._model.temperature_idle_celsius] * gpu_count
         self._energy_joules = [0.0] * gpu_count
         self._last_time: float | None = None
+        # control state (the GPU actuator's side, see gpu_control.GpuControl): what NVML would hold
+        self._power_limits_watts = [self._model.power_limit_watts] * gpu_count
+        self._locked_graphics_mhz: list[int | None] = [None] * gpu_count
+        self._application_memory_mhz: list[int | None] = [None] * gpu_count
+        self.control_calls: list[tuple[str, int, object]] = []  # (call, gpu index, argument): tests read it
+        self.control_refusal: str | None = None  # e.g. "Insufficient Permissions": every control call fails
 
     def open(self) -> None:
         return None
@@ -137,17 +143,25 @@ class SimulatedGpuBackend:
             share = 1.0 - 0.05 * index
             compute = _clip(load.compute_ratio * share)
             memory_fraction = _clip(load.memory_ratio * share)
-            demand_watts = m.power_idle_watts + compute * (m.power_full_watts - m.power_idle_watts)
-            power_watts = min(demand_watts, m.power_limit_watts)
-            capped = demand_watts > m.power_limit_watts
+            limit_watts = self._power_limits_watts[index]
+            locked = self._locked_graphics_mhz[index]
+            clock_max = min(m.sm_clock_max_hertz, locked * 1e6) if locked else m.sm_clock_max_hertz
+            # dynamic power follows the clock: a locked-down clock draws less at the same load
+            demand_watts = m.power_idle_watts + compute * (m.power_full_watts - m.power_idle_watts) * (
+                clock_max / m.sm_clock_max_hertz)
+            power_watts = min(demand_watts, limit_watts)
+            capped = demand_watts > limit_watts
             if compute < 0.01:
                 sm_clock, reasons = m.sm_clock_idle_hertz, THROTTLE_REASON_BITS["gpu_idle"]
             elif capped:
-                sm_clock = m.sm_clock_max_hertz * m.power_limit_watts / demand_watts * 0.75
+                sm_clock = clock_max * limit_watts / demand_watts * 0.75
                 reasons = THROTTLE_REASON_BITS["sw_power_cap"]
             else:
-                sm_clock, reasons = m.sm_clock_max_hertz, 0
-            target_temperature = m.temperature_idle_celsius + compute * (
+                sm_clock = clock_max
+                reasons = THROTTLE_REASON_BITS["applications_clocks_setting"] if locked else 0
+            # temperature follows the power actually drawn (a lower power limit cools the board)
+            heat_share = (power_watts - m.power_idle_watts) / (m.power_full_watts - m.power_idle_watts)
+            target_temperature = m.temperature_idle_celsius + _clip(heat_share) * (
                 m.temperature_full_celsius - m.temperature_idle_celsius
             )
             alpha = 1.0 - math.exp(-dt / m.temperature_time_constant_seconds) if dt else 0.0
@@ -164,13 +178,14 @@ class SimulatedGpuBackend:
                 memory_total_bytes=m.memory_total_bytes,
                 temperature_celsius=round(self._temperatures[index]),
                 power_draw_watts=round(power_watts, 3),
-                power_limit_watts=m.power_limit_watts,
+                power_limit_watts=limit_watts,
                 energy_joules_total=round(self._energy_joules[index], 3),
                 sm_clock_hertz=round(sm_clock / 1.5e7) * 1.5e7,  # NVML steps clocks by 15 MHz
                 memory_clock_hertz=m.memory_clock_hertz,
                 sm_clock_max_hertz=m.sm_clock_max_hertz,
-                applications_sm_clock_hertz=m.sm_clock_max_hertz,
-                applications_memory_clock_hertz=m.memory_clock_hertz,
+                applications_sm_clock_hertz=clock_max,
+                applications_memory_clock_hertz=(self._application_memory_mhz[index] or 0) * 1e6
+                or m.memory_clock_hertz,
                 performance_state=0,
                 throttle_reasons_bitmask=reasons,
                 xid_errors_total=0,
@@ -184,6 +199,49 @@ class SimulatedGpuBackend:
 
     def close(self) -> None:
         return None
+
+    # ---- control: the same calls the NVML backend makes, recorded, with NVML's limits ------------------
+
+    def _check(self, call: str, index: int, argument: object) -> None:
+        from dsagent.sources.gpu_control import GpuControlError
+
+        if not 0 <= index < self._count:
+            raise GpuControlError(f"no GPU with index {index} (this node has {self._count})")
+        self.control_calls.append((call, index, argument))
+        if self.control_refusal:
+            raise GpuControlError(f"{call}: {self.control_refusal}")
+
+    def control_device_count(self) -> int:
+        return self._count
+
+    def power_limit_watts(self, index: int) -> float:
+        return self._power_limits_watts[index]
+
+    def power_limit_constraints_watts(self, index: int) -> tuple[float, float, float]:
+        """H100 SXM: 200 W to 700 W, default 700 W (what nvmlDeviceGetPowerManagementLimitConstraints says)."""
+        return 200.0, self._model.power_limit_watts, self._model.power_limit_watts
+
+    def set_power_limit_watts(self, index: int, watts: float) -> None:
+        from dsagent.sources.gpu_control import GpuControlError
+
+        self._check("nvmlDeviceSetPowerManagementLimit", index, watts)
+        low, high, _ = self.power_limit_constraints_watts(index)
+        if not low <= watts <= high:
+            raise GpuControlError(f"nvmlDeviceSetPowerManagementLimit: Invalid Argument ({watts:g} W outside "
+                                  f"{low:g}-{high:g} W)")
+        self._power_limits_watts[index] = float(watts)
+
+    def set_locked_clocks_mhz(self, index: int, graphics_mhz: int | None, memory_mhz: int | None) -> None:
+        self._check("nvmlDeviceSetGpuLockedClocks", index, (graphics_mhz, memory_mhz))
+        if graphics_mhz is not None:
+            self._locked_graphics_mhz[index] = int(graphics_mhz)
+        if memory_mhz is not None:
+            self._application_memory_mhz[index] = int(memory_mhz)
+
+    def reset_clocks(self, index: int) -> None:
+        self._check("nvmlDeviceResetGpuLockedClocks", index, None)
+        self._locked_graphics_mhz[index] = None
+        self._application_memory_mhz[index] = None
 
 
 def _clip(value: float) -> float:

@@ -293,6 +293,66 @@ class NvmlBackend:
         return used_by_pid
 
 
+    # -- control (the GPU actuator's side): power limit and clocks ------------------------------
+    # Here because this is the only module allowed to import pynvml. Each call raises GpuControlError
+    # with NVML's own message ("Insufficient Permissions", "Not Supported", ...); reads stay in _query.
+
+    def _control(self, fn_name: str, *args: Any) -> Any:
+        from dsagent.sources.gpu_control import GpuControlError
+
+        if not self._open:
+            try:
+                self.open()
+            except GpuUnavailable as error:
+                raise GpuControlError(str(error)) from error
+        fn: Callable[..., Any] | None = getattr(self._nvml, fn_name, None)
+        if fn is None:
+            raise GpuControlError(f"{fn_name} is not available in this NVML library")
+        try:
+            return fn(*args)
+        except self._nvml.NVMLError as error:
+            raise GpuControlError(f"{fn_name}: {error}") from error
+
+    def _control_handle(self, index: int) -> Any:
+        from dsagent.sources.gpu_control import GpuControlError
+
+        count = self.control_device_count()
+        if not 0 <= index < count:
+            raise GpuControlError(f"no GPU with index {index} (this node has {count})")
+        return self._handles[index]
+
+    def control_device_count(self) -> int:
+        if not self._open:
+            self._control("nvmlDeviceGetCount")
+        return len(self._handles)
+
+    def power_limit_watts(self, index: int) -> float:
+        return float(self._control("nvmlDeviceGetPowerManagementLimit", self._control_handle(index))) / _MILLI
+
+    def power_limit_constraints_watts(self, index: int) -> tuple[float, float, float]:
+        handle = self._control_handle(index)
+        low, high = self._control("nvmlDeviceGetPowerManagementLimitConstraints", handle)
+        default = self._control("nvmlDeviceGetPowerManagementDefaultLimit", handle)
+        return float(low) / _MILLI, float(high) / _MILLI, float(default) / _MILLI
+
+    def set_power_limit_watts(self, index: int, watts: float) -> None:
+        self._control("nvmlDeviceSetPowerManagementLimit", self._control_handle(index), int(round(watts * _MILLI)))
+
+    def set_locked_clocks_mhz(self, index: int, graphics_mhz: int | None, memory_mhz: int | None) -> None:
+        handle = self._control_handle(index)
+        if graphics_mhz is not None:
+            self._control("nvmlDeviceSetGpuLockedClocks", handle, int(graphics_mhz), int(graphics_mhz))
+        if memory_mhz is not None:
+            graphics = graphics_mhz or self._control("nvmlDeviceGetApplicationsClock", handle,
+                                                     self._nvml.NVML_CLOCK_GRAPHICS)
+            self._control("nvmlDeviceSetApplicationsClocks", handle, int(memory_mhz), int(graphics))
+
+    def reset_clocks(self, index: int) -> None:
+        handle = self._control_handle(index)
+        self._control("nvmlDeviceResetGpuLockedClocks", handle)
+        self._control("nvmlDeviceResetApplicationsClocks", handle)
+
+
 def _scaled(value: Any, factor: float) -> float | None:
     return None if value is NA else float(value) * factor
 
@@ -312,3 +372,4 @@ def _text(value: Any) -> str | None:
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     return str(value)
+

@@ -183,3 +183,16 @@ def test_samples_count_outcomes_for_metrics() -> None:
     guard.submit(knob(16))
     by_labels = {dict(s.labels).get("outcome"): s.value for s in guard.samples(0.0) if s.name == "dsagent_actions_total"}
     assert by_labels == {"applied": 1.0, "skipped": 1.0}
+
+
+def test_a_failing_actuator_is_retried_after_the_cooldown_not_every_tick() -> None:
+    guard, actuator, audit, clock = make_guard(cooldown_seconds=60)
+    actuator.fail_with = "no permission"
+    assert guard.submit(knob(16)).status == "failed"
+    clock.now += 1
+    again = guard.submit(knob(16))
+    assert again.status == "skipped" and "failed" in again.reason
+    clock.now += 60
+    actuator.fail_with = None
+    assert guard.submit(knob(16)).status == "applied"
+    assert [e["outcome"] for e in audit] == ["failed", "skipped", "applied"]

@@ -14,7 +14,7 @@ from dsagent.engines.base import EngineAdapter, EngineKnobRefused
 
 
 class EngineKnobActuator:
-    kinds = ("set_knob",)
+    kinds: tuple[str, ...] = ("set_knob",)
 
     def __init__(self, adapter: EngineAdapter) -> None:
         self.adapter = adapter
