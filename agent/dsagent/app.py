@@ -93,6 +93,7 @@ class Agent:
         self.pipeline: Any = None
         self.api: ApiServer | None = None
         self.supervisor: EngineSupervisor | None = None
+        self.actions: Any = None  # dsagent.actions.runtime.ActionRuntime, built in start()
         self.sources: list[Source] = []
         self.scheduler = AgentScheduler(misfire_grace_seconds=max(1.0, config.intervals.collect_seconds))
         self._health = _SourceHealth()
@@ -124,7 +125,12 @@ class Agent:
         receiver = self.config.sources.otlp_receiver
         otlp_router = build_otlp_router(self.on_request_records, receiver.max_body_bytes) if receiver.enabled else None
         app = build_api(self.store, self.status, otlp_router,
-                        metrics_lookback_seconds=max(60.0, 5 * self.config.intervals.collect_seconds))
+                        metrics_lookback_seconds=max(60.0, 5 * self.config.intervals.collect_seconds),
+                        rule_manager=lambda: getattr(self, "rule_manager", None))  # set by the rules runtime
+        from dsagent.actions.runtime import ActionRuntime
+
+        self.actions = ActionRuntime(self.config.actions, self.config.engine, self.data_dir, self.record_action)
+        app.include_router(self.actions.router())  # POST /api/actions: `dsagent act`
         self.api = ApiServer(app, self.config.server.host, self.config.server.port)
         self.api.start()
         self._write_api_file()
@@ -133,11 +139,12 @@ class Agent:
         log.info("telemetry goes to %s", self._destinations_text())
 
         self.supervisor = EngineSupervisor(
-            self.config.engine, self.config.supervisor, self.data_dir,
+            self.actions.engine_config(), self.config.supervisor, self.data_dir,  # + the /control token
             otlp_endpoint=self.api.url if otlp_router is not None else None,
         )
         self.sources = build_sources(self.config.sources, self.supervisor.engine_url, self.supervisor.pid)
         self.supervisor.start()
+        self.actions.attach_to_agent(self)
 
         intervals = self.config.intervals
         self.scheduler.add_interval_job("collect", self.collect_once, intervals.collect_seconds, run_immediately=True)
@@ -153,6 +160,8 @@ class Agent:
             self._stopped.set()
         log.info("stopping: draining the engine and flushing telemetry")
         self.scheduler.shutdown(wait=True)
+        if self.actions is not None:
+            self.actions.stop()
         if self.supervisor is not None:
             self.supervisor.stop()
         for source in self.sources:
@@ -215,6 +224,8 @@ class Agent:
         if self.supervisor is not None:
             samples += self.supervisor.samples(now)
         samples += self.request_stats.samples(now)
+        if self.actions is not None:
+            samples += self.actions.samples(now)
         samples += self._pipeline_samples(now)
         samples.append(Sample("dsagent_up", (), 1.0, now))
         self.store.append(samples)
