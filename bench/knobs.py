@@ -126,8 +126,8 @@ async def bench(args: argparse.Namespace) -> tuple[dict[str, float | int | None]
     from dssidecar.backends.registry import supported_backends
     from dssidecar.engine.async_engine import AsyncLLMEngine
     from dssidecar.engine.config import EngineConfig
-    from dssidecar.engine_knobs import EngineKnobTarget
     from dssidecar.knobs import KnobController
+    from dssidecar.knobs.engine_target import EngineKnobTarget
     from dssidecar.precision import supported_precisions
 
     model_dir = Path(args.model) if args.model else ensure_model(args.size, args.train_steps)

@@ -122,15 +122,3 @@ class ServerConfig(BaseSettings):
         if self.served_model_name:
             settings["model_name"] = self.served_model_name
         return settings
-
-    def resolved_control_token(self) -> str | None:
-        """The /control token from control_token, else the first line of control_token_file."""
-        if self.control_token:
-            return self.control_token
-        if self.control_token_file is not None:
-            try:
-                text = self.control_token_file.read_text(encoding="utf-8").strip()
-            except OSError as error:
-                raise ValueError(f"control_token_file {self.control_token_file}: cannot read it: {error}") from error
-            return text.splitlines()[0].strip() if text else None
-        return None

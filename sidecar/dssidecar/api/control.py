@@ -17,7 +17,9 @@ rather than running open.
 from __future__ import annotations
 
 import hmac
+import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,8 @@ from dssidecar.knobs import (
     KnobUnsupportedError,
     KnobValidationError,
 )
+
+logger = logging.getLogger("dssidecar.knobs")
 
 TOKEN_ENV = "DSSIDECAR_CONTROL_TOKEN"
 TOKEN_FILE_ENV = "DSSIDECAR_CONTROL_TOKEN_FILE"
@@ -141,3 +145,66 @@ def build_control_app(controller: KnobController, token: str | None) -> FastAPI:
     app = FastAPI(title="dssidecar control", docs_url=None, redoc_url=None, openapi_url=None)
     app.include_router(build_control_router(controller, token))
     return app
+
+
+# ---- wiring: the knobs of a real engine into the server app
+
+
+def _is_loopback(host: str) -> bool:
+    return host in ("127.0.0.1", "::1", "localhost") or host.startswith("127.")
+
+
+def attach_knobs(app: FastAPI, async_engine: Any, config: Any) -> KnobController | None:
+    """Wire /control, the knob gauges and the knob metrics into the server app; returns the controller.
+
+    Where /control listens: on the main app when the server binds a loopback address (the default
+    127.0.0.1); when the OpenAI API binds a wider address, /control is NOT mounted there and gets its own
+    listener on 127.0.0.1:`control_port` (DSSIDECAR_CONTROL_PORT; none configured -> no control API), so
+    the knobs are never reachable from the network by default.
+    """
+    from dssidecar.api.app import set_knob_values
+    from dssidecar.check_precision import Thresholds
+    from dssidecar.knobs.engine_target import EngineKnobTarget
+    from dssidecar.knobs.metrics import KnobMetricsCollector
+
+    if not hasattr(async_engine, "engine") or not hasattr(async_engine, "run_between_steps"):
+        logger.warning("engine %s has no live knobs; /control is not mounted", type(async_engine).__name__)
+        return None
+    thresholds = Thresholds(
+        min_agreement=float(getattr(config, "accuracy_min_agreement", Thresholds.min_agreement)),
+        max_kl=float(getattr(config, "accuracy_max_kl", Thresholds.max_kl)),
+        max_ppl_delta=float(getattr(config, "accuracy_max_ppl_delta", Thresholds.max_ppl_delta)),
+    )
+    target = EngineKnobTarget(async_engine, model_path=getattr(config, "model", None), thresholds=thresholds)
+    controller = KnobController(target, require_accuracy_check=bool(getattr(config, "require_accuracy_check", False)))
+    token = resolve_control_token(
+        getattr(config, "control_token", None), getattr(config, "control_token_file", None)
+    )
+    set_knob_values(app, controller.values)
+    registry = getattr(app.state, "metrics_registry", None)
+    if registry is not None:
+        registry.register(KnobMetricsCollector(controller, include_values=False))
+    host = str(getattr(config, "host", "127.0.0.1"))
+    control_port = getattr(config, "control_port", None)
+    if _is_loopback(host) and not control_port:
+        app.include_router(build_control_router(controller, token))
+    elif control_port:
+        app.state.control_server = _serve_control_in_thread(build_control_app(controller, token), int(control_port))
+    else:
+        logger.warning(
+            "host %s is not loopback and no control_port is set: /control is disabled (set DSSIDECAR_CONTROL_PORT)",
+            host,
+        )
+    app.state.knob_controller = controller
+    return controller
+
+
+def _serve_control_in_thread(control_app: Any, port: int) -> Any:
+    """A uvicorn server on 127.0.0.1:port in a daemon thread; set `.should_exit = True` to stop it."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(control_app, host="127.0.0.1", port=port, log_config=None, access_log=False))
+    thread = threading.Thread(target=server.run, name="dssidecar-control", daemon=True)
+    thread.start()
+    logger.info("/control listening on http://127.0.0.1:%d", port)
+    return server

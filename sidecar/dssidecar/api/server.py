@@ -88,8 +88,8 @@ def build_server_app(config: ServerConfig, engine: EngineClient) -> FastAPI:
         shutdown_grace_seconds=config.shutdown_grace_seconds,
         max_request_body_bytes=config.max_request_body_bytes,
     )
-    # /control knobs, knob gauges and knob/OOM/memory metrics (helper K): dssidecar.engine_knobs
-    from dssidecar.engine_knobs import attach_knobs
+    # /control knobs, knob gauges and knob/OOM/memory metrics (the dssidecar.knobs package)
+    from dssidecar.api.control import attach_knobs
 
     attach_knobs(app, engine, config)
     return app

@@ -58,10 +58,7 @@ class BlockManager:
     def _take_free_block(self) -> int:
         block_id = self.free_block_ids.popleft()
         block = self.blocks[block_id]
-        if block.hash is not None and self.hash_to_block_id.get(block.hash) == block_id:
-            del self.hash_to_block_id[block.hash]
-        block.hash = None
-        block.token_ids = ()
+        self._forget_hash(block)
         block.ref_count = 1
         self.used_block_ids.add(block_id)
         return block_id
@@ -131,6 +128,51 @@ class BlockManager:
     def append_slot(self, seq: Sequence) -> None:
         if self.needs_new_block(seq):
             seq.block_table.append(self._take_free_block())
+
+    # ---- pool size (the kv_cache_blocks knob; LLMEngine.resize_kv_pool drives these) --------------
+    def grow(self, num_blocks: int) -> None:
+        """Add free blocks up to `num_blocks` in all."""
+        old_blocks = len(self.blocks)
+        self.blocks.extend(Block(i) for i in range(old_blocks, num_blocks))
+        self.free_block_ids.extend(range(old_blocks, num_blocks))
+
+    def retire_free_blocks_from(self, first_retired: int) -> None:
+        """Take free blocks with id >= first_retired out of circulation (a shrink in progress); their
+        cached prefixes are forgotten. Held blocks are left to their owners."""
+        retired = [block_id for block_id in self.free_block_ids if block_id >= first_retired]
+        for block_id in retired:
+            self.free_block_ids.remove(block_id)
+            self._forget_hash(self.blocks[block_id])
+
+    def restore_retired_below(self, limit: int) -> None:
+        """Put retired blocks with id < limit back into the free list (a pending shrink was replaced)."""
+        free = set(self.free_block_ids)
+        for block_id in range(min(limit, len(self.blocks))):
+            if block_id not in free and block_id not in self.used_block_ids:
+                self.free_block_ids.append(block_id)
+
+    def num_held_from(self, first_block: int) -> int:
+        """Blocks with id >= first_block that sequences still hold."""
+        return sum(1 for block_id in self.used_block_ids if block_id >= first_block)
+
+    def truncate(self, num_blocks: int) -> None:
+        """Drop blocks >= num_blocks; they must all be retired (neither free nor held)."""
+        if self.num_held_from(num_blocks) or any(block_id >= num_blocks for block_id in self.free_block_ids):
+            raise RuntimeError(f"cannot cut the pool to {num_blocks} blocks: higher blocks are still free or held")
+        del self.blocks[num_blocks:]
+
+    def forget_cached_prefixes(self) -> None:
+        """Every cached prefix refers to a pool that is gone (a runner with another KV dtype)."""
+        self.hash_to_block_id.clear()
+        for block in self.blocks:
+            block.hash = None
+            block.token_ids = ()
+
+    def _forget_hash(self, block: Block) -> None:
+        if block.hash is not None and self.hash_to_block_id.get(block.hash) == block.block_id:
+            del self.hash_to_block_id[block.hash]
+        block.hash = None
+        block.token_ids = ()
 
     # ---- prefix registration --------------------------------------------------------------------
     def register_full_blocks(self, seq: Sequence) -> None:

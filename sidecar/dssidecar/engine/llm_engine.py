@@ -22,7 +22,9 @@ import torch
 from dssidecar.device import configure_cpu_threads, device_memory_available_bytes, resolve_device
 from dssidecar.engine.block_manager import BlockManager
 from dssidecar.engine.config import EngineConfig
+from dssidecar.engine.memory import memory_figures
 from dssidecar.engine.model_runner import ModelRunner, kv_cache_bytes_per_block
+from dssidecar.engine.oom_guard import FaultInjector, OomGuard
 from dssidecar.engine.protocol import (
     InvalidRequestError,
     QueueFullError,
@@ -33,9 +35,9 @@ from dssidecar.engine.protocol import (
 from dssidecar.engine.sampling import make_generator
 from dssidecar.engine.scheduler import ScheduledBatch, Scheduler
 from dssidecar.engine.sequence import Sequence, SequenceStatus
+from dssidecar.engine.warmup import warm_up_runner
 from dssidecar.models.config import ModelConfig
 from dssidecar.models.tokenizer import HFTokenizer, IncrementalDetokenizer
-from dssidecar.oom import FaultInjector, OomGuard
 
 logger = logging.getLogger("dssidecar.engine")
 
@@ -80,9 +82,9 @@ class LLMEngine:
         self.eos_token_ids: frozenset[int] = frozenset(eos)
         self._requests: dict[str, Sequence] = {}
         self._pending_runner: ModelRunner | None = None
-        # knobs (helper K): callables run on the engine thread before each schedule (KV pool resize),
-        # and the out-of-memory guard that retries a step with a smaller batch
-        self.step_hooks: list[Callable[[], None]] = []
+        # a KV pool shrink waiting for sequences to release blocks above this size (None: none pending)
+        self._kv_target_blocks: int | None = None
+        # retries a step with a smaller batch on out-of-memory (and lowers the effective batch limit)
         self.oom_guard = OomGuard(FaultInjector.from_env())
         self._current_batch: ScheduledBatch | None = None
         # counters for /metrics
@@ -256,18 +258,30 @@ class LLMEngine:
 
     def swap_runner(self, new_runner: ModelRunner) -> None:
         """Switch to `new_runner` before the next step (never in the middle of one)."""
-        if new_runner.num_blocks != self.runner.num_blocks or new_runner.block_size != self.runner.block_size:
+        if new_runner.block_size != self.runner.block_size:
             raise ValueError(
-                f"new runner has {new_runner.num_blocks} blocks of {new_runner.block_size} tokens; the engine's "
-                f"pool has {self.runner.num_blocks} of {self.runner.block_size} (resize the pool separately)"
+                f"new runner has blocks of {new_runner.block_size} tokens; the engine's pool has blocks of "
+                f"{self.runner.block_size}"
             )
         self._pending_runner = new_runner
 
-    def _apply_pending_runner(self) -> None:
+    def replace_runner(self, new_runner: ModelRunner) -> ModelRunner:
+        """Switch to `new_runner` now (call between steps: AsyncLLMEngine.run_between_steps). When the pool
+        was resized since the runner was built, a runner of the same model over the current pool is used.
+        Returns the runner that serves from now on."""
+        self.swap_runner(new_runner)
+        return self._apply_pending_runner()
+
+    def _apply_pending_runner(self) -> ModelRunner:
         new_runner, self._pending_runner = self._pending_runner, None
         if new_runner is None:
-            return
+            return self.runner
         old_runner = self.runner
+        if new_runner.num_blocks != old_runner.num_blocks:  # the pool was resized meanwhile
+            new_runner = self.build_runner(
+                new_runner.model, precision=new_runner.precision, backend=new_runner.backend,
+                forward=new_runner.forward, kv_dtype=new_runner.kv_dtype,
+            )
         if new_runner.kv_cache.data_ptr() != old_runner.kv_cache.data_ptr():
             # a different pool (other KV dtype): in-flight sequences are recomputed from their tokens
             for seq in list(self.scheduler.running)[::-1]:
@@ -276,22 +290,102 @@ class LLMEngine:
             for seq in self.scheduler.waiting:
                 if seq.block_table:
                     self.block_manager.deallocate(seq)
-            # cached prefixes live in the old pool: forget them
-            self.block_manager.hash_to_block_id.clear()
-            for block in self.block_manager.blocks:
-                block.hash = None
-                block.token_ids = ()
+            self.block_manager.forget_cached_prefixes()  # they live in the old pool
         for seq in self._requests.values():
             if seq.generator is not None and seq.generator.device != new_runner.device:
                 seq.generator = make_generator(seq.params.seed, new_runner.device)
         self.runner = new_runner
+        self.config.precision = new_runner.precision
+        self.config.backend = new_runner.backend
         logger.info("runner swapped: precision=%s backend=%s", new_runner.precision, new_runner.backend)
+        return new_runner
+
+    def warm_up(self, runner: ModelRunner) -> float:
+        """Warm a runner built with build_runner() on a scratch pool (never the live one); seconds taken."""
+        return warm_up_runner(runner, self.model_config, int(self.config.block_size))
+
+    # ---- live limits and the KV pool (the knobs; call between steps) ---------------------------
+    def set_limits(self, *, max_batch_size: int | None = None, max_num_batched_tokens: int | None = None) -> None:
+        """Change the scheduler's limits from the next step. Setting max_batch_size also ends a cut the
+        OOM guard made (the effective limit returns to the configured one)."""
+        if max_batch_size is not None and max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        if max_num_batched_tokens is not None and max_num_batched_tokens < 1:
+            raise ValueError(f"max_num_batched_tokens must be >= 1, got {max_num_batched_tokens}")
+        if max_batch_size is not None:
+            self.config.max_batch_size = int(max_batch_size)
+            self.scheduler.max_batch_size = int(max_batch_size)
+        if max_num_batched_tokens is not None:
+            self.config.max_num_batched_tokens = int(max_num_batched_tokens)
+            self.scheduler.max_num_batched_tokens = int(max_num_batched_tokens)
+
+    @property
+    def effective_max_batch_size(self) -> int:
+        """The batch limit the scheduler uses now (below the configured one after an out-of-memory)."""
+        return int(self.scheduler.max_batch_size)
+
+    @property
+    def oom_events_total(self) -> int:
+        return int(self.oom_guard.oom_events_total)
+
+    @property
+    def kv_cache_blocks(self) -> int:
+        """The pool size the engine works towards (the knob's value; a shrink may still be pending)."""
+        return self._kv_target_blocks if self._kv_target_blocks is not None else int(self.runner.num_blocks)
+
+    @property
+    def kv_cache_blocks_pending_release(self) -> int:
+        """Blocks above a pending shrink's target that sequences still hold."""
+        if self._kv_target_blocks is None:
+            return 0
+        return self.block_manager.num_held_from(self._kv_target_blocks)
+
+    def resize_kv_pool(self, num_blocks: int) -> int:
+        """Resize the KV pool to `num_blocks` (call between steps); returns the blocks still pending release.
+
+        Growing allocates a larger pool at once (old blocks copied). Shrinking never touches a block a
+        sequence holds: free blocks above the new size are retired now, held ones as their sequences
+        finish, and the tensor is cut when none is left (checked before every step)."""
+        if num_blocks < 1:
+            raise ValueError(f"kv_cache_blocks must be >= 1, got {num_blocks}")
+        current = int(self.runner.num_blocks)
+        if self._kv_target_blocks is not None:  # a shrink was pending: blocks it retired below the new size return
+            self.block_manager.restore_retired_below(min(num_blocks, current))
+        self.config.kv_cache_blocks = int(num_blocks)
+        if num_blocks >= current:
+            self._kv_target_blocks = None
+            if num_blocks > current:
+                self.runner.resize_pool(num_blocks)
+                self.block_manager.grow(num_blocks)
+                logger.info("KV pool grown from %d to %d blocks", current, num_blocks)
+            return 0
+        self._kv_target_blocks = num_blocks
+        self._continue_kv_shrink()
+        return self.kv_cache_blocks_pending_release
+
+    def _continue_kv_shrink(self) -> None:
+        """Retire freed blocks above a pending shrink's target; cut the pool when none is held any more."""
+        target = self._kv_target_blocks
+        if target is None:
+            return
+        self.block_manager.retire_free_blocks_from(target)
+        if self.block_manager.num_held_from(target) == 0:
+            old_blocks = int(self.runner.num_blocks)
+            if target < old_blocks:
+                self.runner.resize_pool(target)
+                self.block_manager.truncate(target)
+                logger.info("KV pool shrunk from %d to %d blocks", old_blocks, target)
+            self._kv_target_blocks = None
+
+    def memory_figures(self) -> dict[str, float]:
+        """KV pool and device memory figures (bytes, ratios 0..1); see dssidecar.engine.memory."""
+        seqs = list(self.scheduler.running) + list(self.scheduler.waiting)
+        return memory_figures(self.block_manager, self.runner, seqs)
 
     # ---- the step -------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
         self._apply_pending_runner()
-        for hook in self.step_hooks:
-            hook()
+        self._continue_kv_shrink()
         batch = self.scheduler.schedule()
         if batch is None:
             return self._unblock()

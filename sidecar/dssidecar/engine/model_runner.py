@@ -75,6 +75,25 @@ class ModelRunner:
     def kv_cache_bytes(self) -> int:
         return self.kv_cache.numel() * self.kv_cache.element_size()
 
+    @property
+    def kv_block_bytes(self) -> int:
+        """Bytes of one block across every layer, keys and values."""
+        return self.kv_cache_bytes // max(1, self.num_blocks)
+
+    def resize_pool(self, num_blocks: int) -> None:
+        """Grow (old blocks copied, new ones zeroed) or cut the pool tensor to `num_blocks` blocks.
+        Cutting clones so the memory of the dropped blocks is really released."""
+        old_blocks = self.num_blocks
+        if num_blocks > old_blocks:
+            shape = list(self.kv_cache.shape)
+            shape[2] = num_blocks
+            grown = torch.zeros(shape, dtype=self.kv_cache.dtype, device=self.kv_cache.device)
+            grown[:, :, :old_blocks].copy_(self.kv_cache)
+            self.kv_cache = grown
+        elif num_blocks < old_blocks:
+            self.kv_cache = self.kv_cache[:, :, :num_blocks].clone()
+        self.num_blocks = num_blocks
+
     def _move(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.device.type != "cpu":
             tensor = tensor.pin_memory().to(self.device, non_blocking=True)

@@ -7,7 +7,7 @@ runner beside the old one and switching between steps), and leave a trace: a cha
 gauges for /metrics.
 
 The controller talks to the engine through `KnobTarget` (a small protocol), so it is tested against a fake
-and bound to the real engine by `dssidecar.engine_knobs.EngineKnobTarget`.
+and bound to the real engine by `dssidecar.knobs.engine_target.EngineKnobTarget`.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def validate_value(spec: KnobSpec, raw: Any) -> Any:
 
 
 class KnobTarget(Protocol):
-    """What the controller needs from an engine. Implemented by dssidecar.engine_knobs.EngineKnobTarget."""
+    """What the controller needs from an engine. Implemented by dssidecar.knobs.engine_target.EngineKnobTarget."""
 
     def knob_specs(self) -> dict[str, KnobSpec]:
         """The knobs this engine has, with ranges for this device and model."""

@@ -19,7 +19,7 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from dssidecar.knobs import KnobController
+from dssidecar.knobs.controller import KnobController
 
 _STATUS_GAUGES: dict[str, str] = {
     "effective_max_batch_size": "max_batch_size the scheduler uses now (lowered after an out-of-memory)",

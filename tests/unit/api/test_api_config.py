@@ -47,9 +47,14 @@ def test_model_name_defaults_to_the_directory_name(tmp_path: Path) -> None:
     assert ServerConfig(model=model_dir, served_model_name="alias").model_name() == "alias"
 
 
-def test_control_token_file(tmp_path: Path) -> None:
+def test_control_token_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server resolves the token once, in dssidecar.api.control (config only carries the settings)."""
+    from dssidecar.api.control import resolve_control_token
+
+    monkeypatch.delenv("DSSIDECAR_CONTROL_TOKEN", raising=False)
     token_file = tmp_path / "token"
     token_file.write_text("s3cret\n")
-    assert ServerConfig(control_token_file=token_file).resolved_control_token() == "s3cret"
-    with pytest.raises(ValueError, match="control_token_file"):
-        ServerConfig(control_token_file=tmp_path / "missing").resolved_control_token()
+    config = ServerConfig(control_token_file=token_file)
+    assert resolve_control_token(config.control_token, config.control_token_file) == "s3cret"
+    with pytest.raises(ValueError, match="control token file"):
+        resolve_control_token(None, tmp_path / "missing")

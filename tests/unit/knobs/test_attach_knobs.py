@@ -10,9 +10,9 @@ from types import SimpleNamespace
 import httpx
 import pytest
 from dssidecar.api.app import build_app
+from dssidecar.api.control import attach_knobs
 from dssidecar.engine.async_engine import AsyncLLMEngine
 from dssidecar.engine.config import EngineConfig
-from dssidecar.engine_knobs import attach_knobs
 from fastapi.testclient import TestClient
 
 TOKEN = "attach-token"

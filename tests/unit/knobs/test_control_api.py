@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 from dssidecar.api.control import build_control_app, build_control_router, resolve_control_token
-from dssidecar.knob_metrics import KnobMetricsCollector
 from dssidecar.knobs import KnobController
+from dssidecar.knobs.metrics import KnobMetricsCollector
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from knob_fakes import FakeKnobTarget

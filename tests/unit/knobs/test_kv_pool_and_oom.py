@@ -7,9 +7,8 @@ from pathlib import Path
 import pytest
 from dssidecar.engine.config import EngineConfig
 from dssidecar.engine.llm_engine import LLMEngine
+from dssidecar.engine.oom_guard import FaultInjector, KVPoolAllocationError, is_out_of_memory
 from dssidecar.engine.protocol import SamplingParams
-from dssidecar.kv_pool import KVPoolResizer, memory_figures
-from dssidecar.oom import FaultInjector, KVPoolAllocationError, is_out_of_memory
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -27,29 +26,48 @@ def reference(engine: LLMEngine) -> list[list[int]]:
     return engine.generate(PROMPTS, PARAMS)
 
 
+class PoolResizer:
+    """The engine's KV pool API seen as the knob uses it: resize, the target, blocks pending release."""
+
+    def __init__(self, engine: LLMEngine) -> None:
+        self.engine = engine
+
+    def resize(self, num_blocks: int) -> int:
+        return self.engine.resize_kv_pool(num_blocks)
+
+    @property
+    def target_blocks(self) -> int | None:
+        """The size a pending shrink works towards; None when no shrink is pending."""
+        engine = self.engine
+        return engine.kv_cache_blocks if engine.kv_cache_blocks != engine.runner.num_blocks else None
+
+    @property
+    def pending_release(self) -> int:
+        return self.engine.kv_cache_blocks_pending_release
+
+
 @pytest.fixture()
-def resizer(engine: LLMEngine) -> KVPoolResizer:
-    resizer = KVPoolResizer(engine)
-    engine.step_hooks.append(resizer.on_step)
+def resizer(engine: LLMEngine) -> PoolResizer:
+    resizer = PoolResizer(engine)
     yield resizer
-    engine.step_hooks.remove(resizer.on_step)
     resizer.resize(64)
     while resizer.target_blocks is not None:
         engine.step()
-    engine.scheduler.max_batch_size = engine.config.max_batch_size
+    engine.set_limits(max_batch_size=engine.config.max_batch_size)
     engine.oom_guard.injector = None
 
 
-def check_pool(engine: LLMEngine, resizer: KVPoolResizer) -> None:
+def check_pool(engine: LLMEngine, resizer: PoolResizer) -> None:
     """Block accounting holds, also while a shrink waits: retired blocks are neither free nor used."""
     seqs = [s for s in list(engine.scheduler.running) + list(engine.scheduler.waiting) if s.block_table]
     manager = engine.block_manager
-    if resizer.target_blocks is None:
+    target = resizer.target_blocks
+    if target is None:
         manager.check_invariants(seqs)
         return
     free = set(manager.free_block_ids)
     assert not free & manager.used_block_ids
-    assert all(block_id < resizer.target_blocks for block_id in free), "a retired block is still free"
+    assert all(block_id < target for block_id in free), "a retired block is still free"
     assert all(block_id < len(manager.blocks) for block_id in free | manager.used_block_ids)
     owners: dict[int, int] = {}
     for seq in seqs:
@@ -73,7 +91,7 @@ def run_all(engine: LLMEngine, steps_before: int = 0, action=None) -> dict[str, 
     return outputs
 
 
-def test_grow_adds_free_blocks_and_keeps_outputs(engine: LLMEngine, reference: list[list[int]], resizer: KVPoolResizer) -> None:
+def test_grow_adds_free_blocks_and_keeps_outputs(engine: LLMEngine, reference: list[list[int]], resizer: PoolResizer) -> None:
     outputs = run_all(engine, 3, lambda: resizer.resize(100))
     assert engine.runner.num_blocks == 100 and engine.runner.kv_cache.shape[2] == 100
     assert engine.block_manager.num_blocks == 100 and engine.block_manager.num_free_blocks == 100
@@ -81,7 +99,7 @@ def test_grow_adds_free_blocks_and_keeps_outputs(engine: LLMEngine, reference: l
 
 
 def test_shrink_below_held_blocks_is_pending_then_completes(
-    engine: LLMEngine, reference: list[list[int]], resizer: KVPoolResizer
+    engine: LLMEngine, reference: list[list[int]], resizer: PoolResizer
 ) -> None:
     pending: list[int] = []
 
@@ -103,7 +121,7 @@ def test_shrink_below_held_blocks_is_pending_then_completes(
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(sizes=st.lists(st.integers(min_value=17, max_value=120), min_size=1, max_size=4), at_step=st.integers(0, 12))
 def test_any_resize_sequence_keeps_outputs_and_invariants(
-    engine: LLMEngine, reference: list[list[int]], resizer: KVPoolResizer, sizes: list[int], at_step: int
+    engine: LLMEngine, reference: list[list[int]], resizer: PoolResizer, sizes: list[int], at_step: int
 ) -> None:
     def resize_all() -> None:
         for size in sizes:
@@ -121,19 +139,19 @@ def test_memory_figures_are_ratios_and_bytes(engine: LLMEngine) -> None:
     for i, prompt in enumerate(PROMPTS):
         engine.add_request(f"m{i}", prompt, PARAMS)
     engine.step()
-    figures = memory_figures(engine)
+    figures = engine.memory_figures()
     assert figures["memory_reserved_bytes"] > 0
     assert 0 < figures["memory_allocated_bytes"] <= figures["memory_reserved_bytes"]
     assert 0.0 < figures["memory_fragmentation_ratio"] < 1.0  # prompts do not fill their last block
     assert figures["kv_cache_pool_bytes"] == engine.runner.kv_cache_bytes
     while engine.has_unfinished_requests():
         engine.step()
-    assert memory_figures(engine)["memory_fragmentation_ratio"] == 0.0
+    assert engine.memory_figures()["memory_fragmentation_ratio"] == 0.0
 
 
 @pytest.mark.parametrize("above_batch", [1, 3])
 def test_injected_oom_retries_smaller_and_keeps_outputs(
-    engine: LLMEngine, reference: list[list[int]], resizer: KVPoolResizer, above_batch: int
+    engine: LLMEngine, reference: list[list[int]], resizer: PoolResizer, above_batch: int
 ) -> None:
     before = engine.oom_guard.oom_events_total
     engine.oom_guard.injector = FaultInjector(above_batch=above_batch, count=4)
@@ -143,7 +161,7 @@ def test_injected_oom_retries_smaller_and_keeps_outputs(
     assert engine.scheduler.max_batch_size <= above_batch
 
 
-def test_oom_with_one_sequence_is_raised_not_looped(engine: LLMEngine, resizer: KVPoolResizer) -> None:
+def test_oom_with_one_sequence_is_raised_not_looped(engine: LLMEngine, resizer: PoolResizer) -> None:
     engine.oom_guard.injector = FaultInjector(above_batch=0, count=1)
     engine.add_request("lonely", PROMPTS[0], PARAMS)
     with pytest.raises(KVPoolAllocationError):
