@@ -17,6 +17,8 @@ import typer
 
 from dsagent.actions.cli_act import act as act_command
 from dsagent.dashboards.cli import app as dashboards_app
+from dsagent.loadgen.cli import bench_command
+from dsagent.tune.cli import tune_app
 
 app = typer.Typer(
     name="dsagent",
@@ -30,6 +32,8 @@ config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True
 app.add_typer(config_app, name="config")
 app.add_typer(dashboards_app, name="dashboards")
 app.command("act")(act_command)  # dsagent.actions.cli_act: one operator Decision through the guard
+app.command("bench")(bench_command)  # dsagent.loadgen.cli: the load generator on its own
+app.add_typer(tune_app, name="tune")  # dsagent.tune.cli: tune --auto, tune apply, tune rollback
 
 ConfigOption = typer.Option(None, "--config", "-c", envvar="DSAGENT_CONFIG",
                             help="YAML config file (default: the embedded default).")
