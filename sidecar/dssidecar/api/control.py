@@ -109,7 +109,7 @@ def build_control_router(controller: KnobController, token: str | None) -> APIRo
             return denied
         try:
             update = await request.json()
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested too deep for the parser
             return _error(422, "body must be a JSON object of knob values, e.g. {\"max_batch_size\": 16}", "invalid_request_error")
         if not isinstance(update, dict):
             return _error(422, "body must be a JSON object of knob values", "invalid_request_error")

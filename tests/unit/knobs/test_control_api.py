@@ -138,3 +138,10 @@ def test_unreadable_token_file_names_the_file(tmp_path: Path, monkeypatch: pytes
     missing = tmp_path / "nope"
     with pytest.raises(ValueError, match="nope"):
         resolve_control_token(token_file=missing)
+
+
+def test_a_deeply_nested_body_is_422_not_a_server_error(client: TestClient) -> None:
+    body = "[" * 100_000 + "]" * 100_000
+    response = client.put("/control/knobs", headers={**AUTH, "content-type": "application/json"}, content=body)
+    assert response.status_code == 422
+    assert response.json()["error"]["type"] == "invalid_request_error"
