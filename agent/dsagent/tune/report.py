@@ -81,8 +81,10 @@ def plot_objective_over_time(records: list[dict[str, Any]], settings: TuneSettin
             axes.scatter([x], [value], color="tab:blue", zorder=3)
             if best is None or (value < best if minimize else value > best):
                 best = value
-        else:
-            axes.scatter([x], [0.0 if not minimize else (value or 0.0)], marker="x", color="tab:red", zorder=3)
+        elif value is not None and not record.get("refused"):
+            axes.scatter([x], [value], marker="x", color="tab:red", zorder=3)
+        else:  # refused by the engine: no figures; drawn on the axis
+            axes.scatter([x], [0.0], marker="x", color="tab:red", zorder=3)
         if best is not None:
             best_x.append(x)
             best_y.append(best)
@@ -194,7 +196,8 @@ def _trial_rows(records: list[dict[str, Any]], dimensions: Sequence[Dimension]) 
     rows = []
     for record in records:
         figures = record["figures"] or {}
-        note = record.get("refused") or ("interrupted" if record.get("interrupted") else "")
+        note = record.get("refused") or ("interrupted" if record.get("interrupted") else "") or (
+            f"repeat of #{record['repeat_of']} (not measured again)" if record.get("repeat_of") is not None else "")
         rows.append([str(record["number"]), record["state"], *[_format(record["knobs"].get(d.name)) for d in dimensions],
                      _format(figures.get("request_goodput")), _format(figures.get("request_throughput")),
                      _format(figures.get("output_throughput")), _format(figures.get("p99_ttft_ms")),

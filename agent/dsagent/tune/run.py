@@ -91,7 +91,8 @@ def tune_once(request: TuneRequest, fail: Callable[..., None] = _raise) -> TuneR
     own: OwnSidecar | None = None
     try:
         if request.engine_url:
-            engine_url, token, model_text = request.engine_url.rstrip("/"), request.token, request.engine_url
+            engine_url, token = request.engine_url.rstrip("/"), request.token
+            model_text = _served_model(engine_url)
         else:
             own = OwnSidecar(request.data_dir, request.model, request.sidecar_args, request.demo_model)
             with console.status("starting the sidecar") as status:
@@ -113,6 +114,15 @@ def tune_once(request: TuneRequest, fail: Callable[..., None] = _raise) -> TuneR
             own.stop()
         if energy_meter is not None:
             energy_meter.close()
+
+
+def _served_model(engine_url: str) -> str:
+    import httpx
+
+    try:
+        return str(httpx.get(f"{engine_url}/v1/models", timeout=10.0).json()["data"][0]["id"])
+    except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError):
+        return "model unknown"
 
 
 def _search(request: TuneRequest, engine_url: str, token: str, model_text: str, description: dict[str, Any],

@@ -206,6 +206,7 @@ class Tuner:
         self.adapter = BuiltinEngineAdapter(self.engine_url, token, timeout_seconds=600.0)
         self.specs = workload.generate(request_count, seed=settings.seed)
         self.started = time.monotonic()
+        self._repeats_in_a_row = 0
         optuna.logging.set_verbosity(optuna.logging.ERROR)
         self.study = self._open_study(resume)
 
@@ -247,14 +248,19 @@ class Tuner:
         return study
 
     def trials_done(self) -> int:
+        """Trials that measured something (a repeat of a measured point is answered from it and not counted)."""
         return sum(1 for trial in self.study.get_trials(deepcopy=False)
-                   if trial.state in (TrialState.COMPLETE, TrialState.PRUNED)
-                   or (trial.state == TrialState.FAIL and not trial.user_attrs.get("interrupted")))
+                   if (trial.state in (TrialState.COMPLETE, TrialState.PRUNED)
+                       or (trial.state == TrialState.FAIL and not trial.user_attrs.get("interrupted")))
+                   and "repeat_of" not in trial.user_attrs)
 
-    def grid_exhausted(self) -> bool:
-        if self.settings.sampler != "grid":
-            return False
-        return self.trials_done() >= grid_size(self.dimensions)
+    def _measured_points(self) -> dict[str, FrozenTrial]:
+        return {json.dumps(trial.user_attrs.get("knobs"), sort_keys=True): trial
+                for trial in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if "repeat_of" not in trial.user_attrs and trial.user_attrs.get("knobs")}
+
+    def space_exhausted(self) -> bool:
+        return len(self._measured_points()) >= grid_size(self.dimensions) or self._repeats_in_a_row >= 25
 
     # ---- running -----------------------------------------------------------------------------------
 
@@ -262,7 +268,7 @@ class Tuner:
         """Run trials until max_trials (counting earlier runs), the time budget, or the grid is exhausted."""
         original = self._read_values()
         try:
-            while self.trials_done() < self.settings.max_trials and not self.grid_exhausted():
+            while self.trials_done() < self.settings.max_trials and not self.space_exhausted():
                 budget = self.settings.time_budget_seconds
                 if budget is not None and time.monotonic() - self.started >= budget:
                     break
@@ -321,6 +327,20 @@ class Tuner:
         knobs = suggest_knobs(trial, self.dimensions)
         trial.set_user_attr("knobs", knobs)
         trial.set_user_attr("started_offset_seconds", time.monotonic() - self.started)
+        earlier = self._measured_points().get(json.dumps(knobs, sort_keys=True))
+        if earlier is not None:
+            # the sampler asked for a point already measured: answer from that trial instead of spending a
+            # window on it (it is marked, and not counted as a measured trial)
+            self._repeats_in_a_row += 1
+            trial.set_user_attr("repeat_of", earlier.number)
+            trial.set_user_attr("figures", earlier.user_attrs.get("figures", {}))
+            if earlier.user_attrs.get("refused"):
+                trial.set_user_attr("refused", earlier.user_attrs["refused"])
+            names = earlier.user_attrs.get("constraint_names") or [
+                str(i) for i in range(len(earlier.user_attrs.get("constraints", [])))]
+            record_constraints(trial, dict(zip(names, constraints_of(earlier), strict=False)))
+            return list(earlier.values) if self.settings.multi_objective else earlier.values[0]
+        self._repeats_in_a_row = 0
         apply_seconds, refused = self._apply(knobs)
         trial.set_user_attr("apply_seconds", apply_seconds)
         if refused is not None:
@@ -382,6 +402,7 @@ def trial_records(study: optuna.Study) -> list[dict[str, Any]]:
             "values": list(trial.values) if trial.values else None, "feasible": is_feasible(trial),
             "constraints": attrs.get("constraints"), "refused": attrs.get("refused"),
             "interrupted": bool(attrs.get("interrupted")), "figures": attrs.get("figures", {}),
+            "repeat_of": attrs.get("repeat_of"),
             "apply_seconds": attrs.get("apply_seconds"), "warmup_seconds": attrs.get("warmup_seconds"),
             "measure_seconds": attrs.get("measure_seconds"), "load_seconds": attrs.get("load_seconds"),
             "started_offset_seconds": attrs.get("started_offset_seconds"),
