@@ -44,7 +44,19 @@ AGENT_METRICS: tuple[AgentMetric, ...] = (
     AgentMetric("dsagent_export_dead_lettered_documents_total", "counter", "documents",
                 "rejected by the destination (mapping errors) and written to the dead-letter file"),
     AgentMetric("dsagent_export_retries_total", "counter", "retries", "send retries (429/5xx/timeouts)"),
+    AgentMetric("dsagent_actions_total", "counter", "decisions",
+                "Decisions by action and outcome (applied, skipped, dry_run, failed, rolled_back, verified)"),
+    AgentMetric("dsagent_actions_pending_verify", "gauge", "decisions",
+                "applied changes waiting for their verify-after-apply settle time"),
     AgentMetric("dsagent_export_failed_exports_total", "counter", "exports", "SDK exports that could not be spooled"),
+    AgentMetric("dsagent_export_refused_retries_total", "counter", "retries",
+                "sends the destination refused for a reason an operator must fix (401/403/404), retried"),
+    AgentMetric("dsagent_export_moved_aside_documents_total", "counter", "documents",
+                "documents stuck at the head of the queue moved to its tail so later ones are not blocked"),
+    AgentMetric("dsagent_export_over_quota_appends_total", "counter", "appends",
+                "appends that left the spool over its quota (requests/actions are never dropped)"),
+    AgentMetric("dsagent_export_unspooled_records_dropped_total", "counter", "records",
+                "log records dropped from memory while the spools kept failing (bounded pending list)"),
 )
 
 AGENT_METRICS_BY_NAME = {metric.name: metric for metric in AGENT_METRICS}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import signal
 import socket
 import threading
@@ -25,8 +26,10 @@ from typing import Any
 
 from dsagent import __version__
 from dsagent.api import ApiServer, build_api
-from dsagent.config import AgentConfig
+from dsagent.api_access import require_token_beyond_loopback
+from dsagent.config import AgentConfig, strip_url_credentials
 from dsagent.data_dir_lock import DataDirLock
+from dsagent.otlp_listener import OtlpReceiverServer, engine_otlp_headers, is_loopback
 from dsagent.samples import RequestRecord, Sample, make_labels
 from dsagent.scheduler import AgentScheduler
 from dsagent.slo import RequestStats
@@ -38,7 +41,6 @@ log = logging.getLogger("dsagent")
 
 RECENT_REQUEST_IDS = 20_000
 SHUTDOWN_DRAIN_SECONDS = 5.0
-PARKED_SECONDS = 1e9  # a period that never comes: hands a component's own ticker over to the scheduler
 # pipeline.stats() fields that are levels, not cumulative counts
 EXPORT_GAUGES = {"spool_depth_documents", "spool_bytes"}
 
@@ -92,6 +94,8 @@ class Agent:
         self.started_seconds = time.time()
         self.pipeline: Any = None
         self.api: ApiServer | None = None
+        self.receiver: OtlpReceiverServer | None = None
+        self._api_token: str | None = None
         self.supervisor: EngineSupervisor | None = None
         self.actions: Any = None  # dsagent.actions.runtime.ActionRuntime, built in start()
         self.sources: list[Source] = []
@@ -109,22 +113,23 @@ class Agent:
 
     def start(self) -> None:
         from dsagent.export import TelemetryPipeline  # E's facade
+        from dsagent.otlp_listener import build_otlp_receiver
         from dsagent.sources.factory import build_sources
-        from dsagent.sources.otlp_receiver import build_otlp_router
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._data_dir_lock.acquire()  # a second agent on this data dir is refused before it touches anything
-        # The agent's scheduler owns every periodic job, so the pipeline's own metric ticker is parked and
-        # the "export" job below collects the meters (once per interval, never twice).
-        export_config = self.config.export.model_copy(update={"metric_export_interval_seconds": PARKED_SECONDS})
-        self.pipeline = TelemetryPipeline(export_config, self.data_dir, self._resource_attributes())
-        self.pipeline.start()
+        # The agent's scheduler owns every periodic job, so the pipeline starts without its own metric ticker
+        # and the "export" job below collects the meters (once per interval, never twice).
+        self.pipeline = TelemetryPipeline(self.config.export, self.data_dir, self._resource_attributes())
+        self.pipeline.start(collect_periodically=False)
 
-        # The OTLP receiver is mounted on the agent's API (one port); sources.otlp_receiver.host/port are
-        # for a standalone receiver (dsagent.sources.factory.build_otlp_receiver), not used by `dsagent run`.
-        receiver = self.config.sources.otlp_receiver
-        otlp_router = build_otlp_router(self.on_request_records, receiver.max_body_bytes) if receiver.enabled else None
-        app = build_api(self.store, self.status, otlp_router,
+        # The OTLP receiver is its own listener (loopback by default), with a bearer token handed to the
+        # engine the agent spawns, so a forged record cannot move the SLO signals (dsagent.otlp_listener).
+        self.receiver = build_otlp_receiver(self.config.sources.otlp_receiver, self.on_request_records,
+                                            self._receiver_token())
+        if self.receiver is not None:
+            self.receiver.start()
+        app = build_api(self.store, self.status, None,
                         metrics_lookback_seconds=max(60.0, 5 * self.config.intervals.collect_seconds),
                         rule_manager=lambda: getattr(self, "rule_manager", None))  # set by the rules runtime
         from dsagent.actions.runtime import ActionRuntime
@@ -132,15 +137,19 @@ class Agent:
         self.actions = ActionRuntime(self.config.actions, self.config.engine, self.data_dir, self.record_action)
         app.include_router(self.actions.router())  # POST /api/actions: `dsagent act`
         self.api = ApiServer(app, self.config.server.host, self.config.server.port)
+        if not is_loopback(self.config.server.host):
+            token = self.config.server.token
+            self._api_token = token.get_secret_value() if token is not None else secrets.token_urlsafe(24)
+            require_token_beyond_loopback(app, self._api_token, self.api.url)
         self.api.start()
         self._write_api_file()
-        log.info("agent API on %s (/metrics, /api/status, /healthz; OTLP receiver at %s/v1/logs)",
-                 self.api.url, self.api.url)
+        log.info("agent API on %s (/metrics, /api/status, /healthz); OTLP receiver at %s", self.api.url,
+                 f"{self.receiver.endpoint}/v1/logs" if self.receiver is not None else "(off)")
         log.info("telemetry goes to %s", self._destinations_text())
 
         self.supervisor = EngineSupervisor(
-            self.actions.engine_config(), self.config.supervisor, self.data_dir,  # + the /control token
-            otlp_endpoint=self.api.url if otlp_router is not None else None,
+            self._with_receiver_token(self.actions.engine_config()), self.config.supervisor, self.data_dir,
+            otlp_endpoint=self.receiver.endpoint if self.receiver is not None else None,
         )
         self.sources = build_sources(self.config.sources, self.supervisor.engine_url, self.supervisor.pid)
         self.supervisor.start()
@@ -179,6 +188,8 @@ class Agent:
             self.pipeline.shutdown(drain_timeout_seconds=SHUTDOWN_DRAIN_SECONDS)
         if self.api is not None:
             self.api.stop()
+        if self.receiver is not None:  # after the pipeline: records keep arriving (or get 503) until it flushed
+            self.receiver.stop()
         if self._data_dir_lock.held:
             (self.data_dir / "agent.json").unlink(missing_ok=True)
         self._data_dir_lock.release()
@@ -313,9 +324,9 @@ class Agent:
         if export.file.enabled:
             parts.append(f"NDJSON files in {export.file.directory or self.data_dir / 'export'}")
         if export.elasticsearch is not None:
-            parts.append(f"Elasticsearch {export.elasticsearch.url}")
+            parts.append(f"Elasticsearch {strip_url_credentials(export.elasticsearch.url)}")
         if export.otlp is not None:
-            parts.append(f"OTLP {export.otlp.endpoint}")
+            parts.append(f"OTLP {strip_url_credentials(export.otlp.endpoint)}")
         spool = export.spool.directory or self.data_dir / "spool"
         return ", ".join(parts or ["nowhere (all exporters off)"]) + f" (durable spool in {spool})"
 
@@ -324,7 +335,36 @@ class Agent:
         import json
 
         assert self.api is not None
-        (self.data_dir / "agent.json").write_text(json.dumps({"url": self.api.url, "pid": os.getpid()}))
+        pointer: dict[str, Any] = {"url": self.api.url, "pid": os.getpid()}
+        if self.receiver is not None:
+            pointer["otlp_endpoint"] = self.receiver.endpoint
+        if self._api_token is not None:
+            pointer["token"] = self._api_token  # the file is owner-only: `dsagent status` reads it
+        path = self.data_dir / "agent.json"
+        path.touch(mode=0o600)
+        path.chmod(0o600)
+        path.write_text(json.dumps(pointer))
+
+    def _receiver_token(self) -> str | None:
+        """The configured receiver token, else a fresh one when the agent spawns the engine (it hands it over)."""
+        configured = self.config.sources.otlp_receiver.token
+        if configured is not None:
+            return configured.get_secret_value()
+        return None if self.config.engine.kind == "external" else secrets.token_urlsafe(24)
+
+    def _with_receiver_token(self, engine: Any) -> Any:
+        """The engine config plus OTEL_EXPORTER_OTLP_HEADERS carrying the receiver's token (the standard
+        variable the OpenTelemetry exporters of the sidecar and vLLM read), unless the operator set it."""
+        token = self.receiver.bearer_token if self.receiver is not None else None
+        if token is None or engine.kind == "external" or "OTEL_EXPORTER_OTLP_HEADERS" in engine.environment:
+            return engine
+        return engine.model_copy(update={"environment": {**engine.environment,
+                                                         "OTEL_EXPORTER_OTLP_HEADERS": engine_otlp_headers(token)}})
+
+    def receiver_headers(self) -> dict[str, str]:
+        """What a client of the OTLP receiver must send (tests, tools on the node)."""
+        token = self.receiver.bearer_token if self.receiver is not None else None
+        return {"Authorization": f"Bearer {token}"} if token else {}
 
     def _latest_value(self, name: str, **labels: str) -> float | None:
         matchers = [LabelMatcher(k, "=", v) for k, v in labels.items()]

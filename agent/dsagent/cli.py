@@ -115,6 +115,16 @@ def _agent_url(url: str | None, config_file: Path | None, data_dir: Path | None)
         return f"http://{config.server.host}:{config.server.port}"
 
 
+def _agent_auth(config_file: Path | None, data_dir: Path | None) -> dict[str, str]:
+    """The bearer token a non-loopback agent wrote to its data dir's agent.json (owner-only), if any."""
+    config = _load(config_file, {"data_dir": str(data_dir) if data_dir else None})
+    try:
+        token = json.loads((Path(config.data_dir).expanduser() / "agent.json").read_text()).get("token")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
 @app.command()
 def status(
     url: str | None = typer.Option(None, "--url", envvar="DSAGENT_AGENT_URL",
@@ -128,7 +138,7 @@ def status(
 
     base = _agent_url(url, config_file, data_dir)
     try:
-        response = httpx.get(f"{base}/api/status", timeout=5.0)
+        response = httpx.get(f"{base}/api/status", timeout=5.0, headers=_agent_auth(config_file, data_dir))
         response.raise_for_status()
     except httpx.HTTPError as exc:
         _fail(f"no agent answering at {base}/api/status ({exc}); is `dsagent run` running? (--url to point elsewhere)")

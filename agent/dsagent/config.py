@@ -20,7 +20,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from dsagent.actions.config import ActionsConfig
 from dsagent.export.config import ExportConfig
@@ -184,10 +192,15 @@ class IntervalsConfig(_Section):
 
 
 class ServerConfig(_Section):
-    """The agent's local HTTP API: /metrics, /api/status, /healthz and the OTLP receiver (/v1/logs)."""
+    """The agent's local HTTP API: /metrics, /api/status, /healthz (the OTLP receiver has its own listener).
+
+    token: on a non-loopback host, /api/status and /api/actions need `Authorization: Bearer <token>`;
+    empty = generated at start and written to data_dir/agent.json (owner-only) for `dsagent status`.
+    """
 
     host: str = "127.0.0.1"
     port: int = Field(default=9464, ge=0, le=65535)
+    token: SecretStr | None = None
     slo_window_seconds: float = Field(default=60.0, gt=0, description="window for inference_qps and latency quantiles")
 
 
@@ -278,6 +291,28 @@ def _deep_merge(base: dict[str, Any], overlay: Mapping[str, Any]) -> dict[str, A
     return merged
 
 
+def _duplicate_key(node: yaml.Node) -> tuple[str, int, int] | None:
+    """The first key given twice in one mapping, anywhere in the document: (key, first line, second line).
+    YAML loaders keep the last silently; a config where `port:` appears twice is a mistake to name."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                return key, seen[key], line
+            seen[key] = line
+            found = _duplicate_key(value_node)
+            if found:
+                return found
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            found = _duplicate_key(item)
+            if found:
+                return found
+    return None
+
+
 def _yaml_key_lines(node: yaml.Node, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], int]:
     lines: dict[tuple[str, ...], int] = {}
     if isinstance(node, yaml.MappingNode):
@@ -302,6 +337,11 @@ def read_config_file(path: Path) -> _Layer:
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"{where}: not valid YAML: {problem}") from exc
+    duplicate = _duplicate_key(root) if root is not None else None
+    if duplicate is not None:
+        key, first_line, second_line = duplicate
+        raise ConfigError(f"{path}:{second_line}: duplicate key {key!r} (first given at line {first_line}); "
+                          "keep one")
     if values is None:
         values = {}
     if not isinstance(values, dict):
@@ -394,19 +434,56 @@ def load_config(
         raise ConfigError(_format_validation_error(exc, layers)) from None
 
 
+SECRET_FLAG_PATTERN = re.compile(r"^--?[\w.-]*(key|token|password|passwd|secret)$", re.I)
+_URL_CREDENTIALS = re.compile(r"://[^/@\s]+@")
+
+
+def strip_url_credentials(text: str) -> str:
+    """https://elastic:hunter2@es:9200 -> https://***@es:9200 (every URL inside the text)."""
+    return _URL_CREDENTIALS.sub(f"://{MASK}@", text) if "@" in text else text
+
+
+def mask_arguments(arguments: list[Any]) -> list[Any]:
+    """A command line with the values of --*key / --*token / --*password / --*secret flags masked, in both
+    the `--api-key VALUE` and the `--api-key=VALUE` forms, and credentials stripped from URLs."""
+    masked: list[Any] = []
+    hide_next = False
+    for argument in arguments:
+        if not isinstance(argument, str):
+            masked.append(argument)
+            continue
+        if hide_next:
+            masked.append(MASK)
+            hide_next = False
+            continue
+        flag, equals, _ = argument.partition("=")
+        if SECRET_FLAG_PATTERN.match(flag):
+            if equals:
+                masked.append(f"{flag}={MASK}")
+            else:
+                masked.append(argument)
+                hide_next = True
+            continue
+        masked.append(strip_url_credentials(argument))
+    return masked
+
+
 def mask_secrets(value: Any, key: str = "") -> Any:
-    """A copy with every secret-looking key's value replaced by '***' (api keys, passwords, tokens),
-    and credentials inside URLs (https://user:pass@host) masked."""
+    """A copy with every secret-looking key's value replaced by '***' (api keys, passwords, tokens), every
+    `environment` value (an engine's AWS_SECRET_ACCESS_KEY, HF_TOKEN, ...), the values of secret flags in
+    command lines, and credentials inside URLs (https://user:pass@host) masked."""
     if isinstance(value, Mapping):
-        if key == "headers":
+        if key in ("headers", "environment"):
             return {k: MASK for k in value}
         return {k: mask_secrets(v, str(k)) for k, v in value.items()}
     if isinstance(value, list):
+        if key in ("command", "extra_args"):
+            return mask_arguments(value)
         return [mask_secrets(v, key) for v in value]
     if value is not None and SECRET_KEY_PATTERN.search(key):
         return MASK
-    if isinstance(value, str) and "://" in value and "@" in value:
-        return re.sub(r"://([^/@:]+):([^/@]+)@", rf"://\1:{MASK}@", value)
+    if isinstance(value, str):
+        return strip_url_credentials(value)
     return value
 
 

@@ -35,7 +35,7 @@ from typing import IO
 import httpx
 
 from dsagent import engine_process
-from dsagent.config import EngineConfig, SupervisorConfig
+from dsagent.config import EngineConfig, SupervisorConfig, mask_arguments
 from dsagent.samples import Sample, make_labels
 
 log = logging.getLogger(__name__)
@@ -342,10 +342,11 @@ class EngineSupervisor:
     def _spawn(self) -> subprocess.Popen[bytes]:
         command = self._command()
         self.spawn_id = secrets.token_hex(8)
-        log.info("starting engine: %s (output -> %s)", " ".join(command), self.log_path)
+        shown = " ".join(mask_arguments(command))  # --api-key VALUE and URL credentials masked
+        log.info("starting engine: %s (output -> %s)", shown, self.log_path)
         with self._open_log() as log_file:
             log_file.write(f"\n==== {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} "
-                           f"start: {' '.join(command)}\n".encode())
+                           f"start: {shown}\n".encode())
             log_file.flush()
             process = subprocess.Popen(launched(command), stdout=log_file, stderr=subprocess.STDOUT,
                                        stdin=subprocess.DEVNULL, env=self._environment(),

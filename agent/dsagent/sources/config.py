@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 GpuBackendName = Literal["auto", "nvml", "fake", "off"]
 
@@ -67,14 +67,20 @@ class EngineSourceConfig(BaseModel):
 
 
 class OtlpReceiverConfig(BaseModel):
-    """OTLP/HTTP receiver for the engine's per-request logs and traces (loopback by default)."""
+    """OTLP/HTTP receiver for the engine's per-request logs and traces: its own listener, loopback by default.
+
+    port 0 picks a free port and the agent tells the engine it spawns; an external engine needs a fixed one.
+    token: bearer token every request must carry; empty = the agent generates one for the engine it spawns
+    (handed over in OTEL_EXPORTER_OTLP_HEADERS), and an external engine's receiver takes no token.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = True
     host: str = "127.0.0.1"
-    port: int = Field(default=4318, ge=0, le=65535)
+    port: int = Field(default=0, ge=0, le=65535)
     max_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
+    token: SecretStr | None = None
 
 
 class SourcesConfig(BaseModel):

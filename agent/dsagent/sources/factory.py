@@ -1,8 +1,7 @@
 """Builds the agent's sources from `SourcesConfig`: the one place that knows which backend to pick.
 
 `build_sources` returns the polled sources (GPU, host, engine scrape) in that order; the OTLP receiver
-is pushed to, not polled, so it is built separately by `build_otlp_receiver` (or mounted as a router
-with `otlp_receiver.build_otlp_router`).
+is pushed to, not polled, and serves HTTP, so it is built by `dsagent.otlp_listener.build_otlp_receiver`.
 """
 
 from __future__ import annotations
@@ -10,13 +9,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from dsagent.samples import RequestRecord
 from dsagent.sources.base import Source
-from dsagent.sources.config import OtlpReceiverConfig, SourcesConfig
+from dsagent.sources.config import SourcesConfig
 from dsagent.sources.engine_scrape import EngineScrapeSource
 from dsagent.sources.gpu import GpuSource
 from dsagent.sources.gpu_fake import GpuLoad, ReplayGpuBackend, SimulatedGpuBackend, wave_load
-from dsagent.sources.otlp_receiver import OtlpReceiverServer
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +73,3 @@ def build_sources(
         sources.append(engine)
     log.info("telemetry sources: %s", ", ".join(source.name for source in sources) or "none")
     return sources
-
-
-def build_otlp_receiver(
-    config: OtlpReceiverConfig, on_records: Callable[[list[RequestRecord]], None]
-) -> OtlpReceiverServer | None:
-    """A started-on-demand receiver server on config.host:config.port, or None when disabled."""
-    if not config.enabled:
-        return None
-    return OtlpReceiverServer(on_records, config.host, config.port, config.max_body_bytes)

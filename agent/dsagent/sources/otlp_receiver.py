@@ -3,20 +3,23 @@
 Speaks the OTLP/HTTP spec for POST /v1/logs and /v1/traces: binary protobuf
 (application/x-protobuf) or OTLP JSON (application/json, lowerCamelCase keys, trace/span ids in hex),
 optionally gzip-compressed. Success: 200 with an Export*ServiceResponse in the request's encoding; bad
-payload: 400 with a google.rpc.Status; unsupported content type: 415; body over the limit: 413; the
-consumer failing: 503 (retryable, the exporter sends again).
+payload (also: nesting too deep to decode): 400 with a google.rpc.Status; unsupported content type: 415;
+body over the limit: 413, decided from Content-Length before reading, while reading (never more than the
+limit is held) and while decompressing (zlib with a max_length: a small gzip bomb cannot inflate past the
+limit); missing or wrong bearer token, when one is set: 401; the consumer failing (the durable spool could
+not take them): 503 (retryable, the exporter sends again).
 
 The builtin sidecar sends each request twice (a log record and a span with the same attributes), so the
 receiver forwards only the first record per request id it sees (a bounded memory of recent ids).
 
-Use `build_otlp_router(on_records)` to mount it in the agent's FastAPI app, or `OtlpReceiverServer` to run
-it alone on its own loopback port (config.otlp_receiver.host/port, 4318 by default).
+This module decodes and maps; it serves nothing: `dsagent.otlp_listener.OtlpReceiverServer` runs the
+router on its own port (sources.otlp_receiver.host/port).
 """
 
 from __future__ import annotations
 
 import base64
-import gzip
+import hmac
 import json
 import logging
 import threading
@@ -26,7 +29,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi import APIRouter, Request, Response
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError, Message
 from google.rpc import status_pb2
@@ -109,21 +112,57 @@ def decode_body(body: bytes, content_type: str, message: Message) -> None:
         raise BadPayload(f"body is not a valid OTLP JSON {message.DESCRIPTOR.name}: {error}") from error
 
 
-def _decompress(body: bytes, content_encoding: str) -> bytes:
+class BodyTooLarge(ValueError):
+    """The body (as sent, or once decompressed) is over the receiver's limit: 413."""
+
+
+def _decompress(body: bytes, content_encoding: str, max_bytes: int = DEFAULT_MAX_BODY_BYTES) -> bytes:
+    """Inflate gzip/deflate without ever holding more than `max_bytes` of output (a gzip bomb stops at the
+    limit, not at its full size)."""
     encoding = content_encoding.strip().lower()
     if encoding in ("", "identity"):
         return body
-    if encoding == "gzip":
+    if encoding not in ("gzip", "deflate"):
+        raise BadPayload(f"unsupported Content-Encoding {content_encoding!r}; use gzip or none")
+    wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
+    parts: list[bytes] = []
+    size = 0
+    remaining = body
+    try:
+        while remaining:  # gzip allows several members back to back
+            inflater = zlib.decompressobj(wbits)
+            chunk = inflater.decompress(remaining, max_bytes - size + 1)
+            size += len(chunk)
+            if size > max_bytes or inflater.unconsumed_tail:
+                raise BodyTooLarge(f"decompressed body exceeds the {max_bytes}-byte limit")
+            parts.append(chunk)
+            if not inflater.eof:
+                raise BadPayload(f"Content-Encoding {encoding} but the body is truncated")
+            remaining = inflater.unused_data
+    except zlib.error as error:
+        raise BadPayload(f"Content-Encoding {encoding} but the body is not {encoding}: {error}") from error
+    return b"".join(parts)
+
+
+async def _read_capped(http_request: Request, max_bytes: int) -> bytes:
+    """The body, refused (BodyTooLarge) as soon as it passes `max_bytes`: Content-Length is checked before
+    reading and the stream is counted while reading, so an oversized body is never held whole."""
+    declared = http_request.headers.get("content-length")
+    if declared is not None:
         try:
-            return gzip.decompress(body)
-        except (OSError, EOFError, zlib.error) as error:
-            raise BadPayload(f"Content-Encoding gzip but the body is not gzip: {error}") from error
-    if encoding == "deflate":
-        try:
-            return zlib.decompress(body)
-        except zlib.error as error:
-            raise BadPayload(f"Content-Encoding deflate but the body is not deflate: {error}") from error
-    raise BadPayload(f"unsupported Content-Encoding {content_encoding!r}; use gzip or none")
+            declared_bytes = int(declared)
+        except ValueError:
+            raise BadPayload(f"Content-Length {declared!r} is not a number") from None
+        if declared_bytes > max_bytes:
+            raise BodyTooLarge(f"body of {declared_bytes} bytes exceeds the {max_bytes}-byte limit")
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in http_request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise BodyTooLarge(f"body exceeds the {max_bytes}-byte limit")
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 def records_from_logs(request: logs_service_pb2.ExportLogsServiceRequest) -> list[RequestRecord]:
@@ -211,18 +250,31 @@ def _encode(message: Message, content_type: str) -> bytes:
     return message.SerializeToString()
 
 
+_GRPC_CODES = {400: 3, 401: 16, 413: 8}  # INVALID_ARGUMENT, UNAUTHENTICATED, RESOURCE_EXHAUSTED; else UNAVAILABLE
+
+
 def _status_response(http_status: int, text: str, content_type: str) -> Response:
-    status = status_pb2.Status(code=3 if http_status == 400 else 14, message=text)  # INVALID_ARGUMENT / UNAVAILABLE
+    status = status_pb2.Status(code=_GRPC_CODES.get(http_status, 14), message=text)
     media = content_type if content_type in (PROTOBUF, JSON) else JSON
-    return Response(_encode(status, media), status_code=http_status, media_type=media)
+    headers = {"WWW-Authenticate": "Bearer"} if http_status == 401 else None
+    return Response(_encode(status, media), status_code=http_status, media_type=media, headers=headers)
+
+
+def _authorized(http_request: Request, bearer_token: str | None) -> bool:
+    if bearer_token is None:
+        return True
+    expected = f"Bearer {bearer_token}".encode()
+    return hmac.compare_digest(http_request.headers.get("authorization", "").encode(), expected)
 
 
 def build_otlp_router(
     on_records: Callable[[list[RequestRecord]], None],
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     deduper: RequestDeduper | None = None,
+    bearer_token: str | None = None,
 ) -> APIRouter:
-    """POST /v1/logs and /v1/traces; each request record goes to `on_records` once (deduplicated by id)."""
+    """POST /v1/logs and /v1/traces; each request record goes to `on_records` once (deduplicated by id).
+    With `bearer_token`, a request without `Authorization: Bearer <token>` is answered 401 unread."""
     router = APIRouter()
     seen = deduper if deduper is not None else RequestDeduper()
 
@@ -233,21 +285,26 @@ def build_otlp_router(
         extract: Callable[[Any], list[RequestRecord]],
     ) -> Response:
         content_type = _media_type(http_request.headers.get("content-type", ""))
+        if not _authorized(http_request, bearer_token):
+            return _status_response(401, "missing or wrong bearer token (Authorization: Bearer <token>)",
+                                    content_type)
         if content_type not in (PROTOBUF, JSON):
             return _status_response(
                 415, f"unsupported Content-Type {content_type!r}; send {PROTOBUF} or {JSON}", JSON
             )
-        body = await http_request.body()
-        if len(body) > max_body_bytes:
-            return _status_response(413, f"body of {len(body)} bytes exceeds the {max_body_bytes}-byte limit", content_type)
         try:
-            body = _decompress(body, http_request.headers.get("content-encoding", ""))
-            if len(body) > max_body_bytes:
-                raise BadPayload(f"decompressed body exceeds the {max_body_bytes}-byte limit")
+            body = await _read_capped(http_request, max_body_bytes)
+            body = _decompress(body, http_request.headers.get("content-encoding", ""), max_body_bytes)
             decode_body(body, content_type, message)
             records = extract(message)
+        except BodyTooLarge as error:
+            return _status_response(413, str(error), content_type)
         except BadPayload as error:
             return _status_response(400, str(error), content_type)
+        except RecursionError:
+            return _status_response(400, "body nests too deeply to decode", content_type)
+        except (ValueError, TypeError, OverflowError) as error:  # a well-formed message with unusable values
+            return _status_response(400, f"request records could not be read: {error}", content_type)
         records = seen.fresh(records)
         if records:
             try:
@@ -277,44 +334,3 @@ def build_otlp_router(
         )
 
     return router
-
-
-class OtlpReceiverServer:
-    """The receiver alone on its own loopback port (the agent API's uvicorn-in-a-thread server).
-
-    port=0 picks a free port; read `.port` / `.endpoint` after start(). stop() is idempotent.
-    """
-
-    def __init__(
-        self,
-        on_records: Callable[[list[RequestRecord]], None],
-        host: str = "127.0.0.1",
-        port: int = 4318,
-        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-    ) -> None:
-        from dsagent.api import ApiServer
-
-        app = FastAPI(title="dsagent OTLP receiver", docs_url=None, redoc_url=None, openapi_url=None)
-        app.include_router(build_otlp_router(on_records, max_body_bytes))
-        self._server = ApiServer(app, host, port)
-
-    @property
-    def port(self) -> int:
-        return int(self._server.port)
-
-    @property
-    def endpoint(self) -> str:
-        return self._server.url
-
-    def start(self, timeout_seconds: float = 10.0) -> None:
-        requested = self._server.url
-        try:
-            self._server.start(timeout_seconds)
-        except OSError as error:
-            raise OSError(
-                f"OTLP receiver cannot listen on {requested}: {error}; "
-                "set sources.otlp_receiver.port to a free port"
-            ) from error
-
-    def stop(self, timeout_seconds: float = 5.0) -> None:
-        self._server.stop(timeout_seconds)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import uuid
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -115,8 +116,13 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(Exception)
-    async def _unexpected(_request: Request, error: Exception) -> JSONResponse:
-        logger.exception("unhandled error while serving a request")
+    async def _unexpected(request: Request, error: Exception) -> JSONResponse:
+        # the exception text may hold prompt text, paths or secrets: it goes to the log, the client gets
+        # an id to quote (its own X-Request-Id when it sent one)
+        request_id = request.headers.get("x-request-id") or f"err-{uuid.uuid4().hex[:16]}"
+        logger.exception("unhandled error while serving request %s %s (request id %s)", request.method,
+                         request.url.path, request_id)
         return JSONResponse(
-            error_body(f"internal error: {type(error).__name__}: {error}", "server_error"), status_code=500
+            error_body(f"internal error (request id {request_id}); the server log has the details", "server_error"),
+            status_code=500, headers={"X-Request-Id": request_id},
         )

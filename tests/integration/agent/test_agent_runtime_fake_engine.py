@@ -1,7 +1,7 @@
 """The whole agent runtime in-process against a fake engine process: no torch, seconds to run.
 
 Proves the wiring: supervisor -> ready; sources (8 simulated GPUs, host, engine scrape) -> store ->
-/metrics and /api/status; OTLP request logs POSTed to the agent's API -> SLO signals and NDJSON request
+/metrics and /api/status; OTLP request logs POSTed to the agent's receiver -> SLO signals and NDJSON request
 documents; stop drains the engine and flushes.
 """
 
@@ -79,10 +79,15 @@ def test_agent_serves_metrics_status_and_receives_request_records(agent: Agent, 
     base = agent.api.url
     with httpx.Client(base_url=base, timeout=5) as client:
         assert client.get("/healthz").json() == {"status": "ok"}
-        response = client.post("/v1/logs", json=otlp_json_logs([f"req-{i}" for i in range(5)]))
+        assert agent.receiver is not None
+        receiver = agent.receiver.endpoint + "/v1/logs"  # its own listener, with the token the engine got
+        response = client.post(receiver, json=otlp_json_logs([f"req-{i}" for i in range(5)]),
+                               headers=agent.receiver_headers())
         assert response.status_code == 200, response.text
+        assert client.post(receiver, json=otlp_json_logs(["forged"])).status_code == 401  # no token
         # the same records again (e.g. a retrying exporter) are not counted twice
-        assert client.post("/v1/logs", json=otlp_json_logs(["req-0"])).status_code == 200
+        assert client.post(receiver, json=otlp_json_logs(["req-0"]),
+                           headers=agent.receiver_headers()).status_code == 200
 
         def engine_scraped() -> bool:
             return agent.store.latest("dsagent_engine_requests_running") != [] and len(
@@ -116,7 +121,9 @@ def test_stop_drains_engine_and_writes_request_documents(agent: Agent, tmp_path:
     assert agent.supervisor is not None and agent.supervisor.wait_ready(15)
     pid = agent.supervisor.pid()
     assert agent.api is not None
-    httpx.post(agent.api.url + "/v1/logs", json=otlp_json_logs(["only-one"]), timeout=5).raise_for_status()
+    assert agent.receiver is not None
+    httpx.post(agent.receiver.endpoint + "/v1/logs", json=otlp_json_logs(["only-one"]), timeout=5,
+               headers=agent.receiver_headers()).raise_for_status()
     agent.stop()
     assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
     exported = "\n".join(p.read_text() for p in (tmp_path / "export").rglob("*") if p.is_file())
@@ -130,7 +137,9 @@ def test_every_metric_the_agent_derives_is_documented(agent: Agent) -> None:
 
     assert agent.supervisor is not None and agent.supervisor.wait_ready(15)
     assert agent.api is not None
-    httpx.post(agent.api.url + "/v1/logs", json=otlp_json_logs(["doc-1"]), timeout=5).raise_for_status()
+    assert agent.receiver is not None
+    httpx.post(agent.receiver.endpoint + "/v1/logs", json=otlp_json_logs(["doc-1"]), timeout=5,
+               headers=agent.receiver_headers()).raise_for_status()
     samples = agent.collect_once()
     source_names = {s.name for source in agent.sources for s in source.collect()}
     own = {family_name(s.name) for s in samples} - source_names - set(SOURCE_METRICS)

@@ -80,7 +80,9 @@ def shipped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeElasticsea
     try:
         assert agent.supervisor is not None and agent.supervisor.wait_ready(20)
         assert agent.api is not None
-        httpx.post(agent.api.url + "/v1/logs", json=otlp_request_logs(20), timeout=10).raise_for_status()
+        assert agent.receiver is not None
+        httpx.post(agent.receiver.endpoint + "/v1/logs", json=otlp_request_logs(20), timeout=10,
+                   headers=agent.receiver_headers()).raise_for_status()
         for index, outcome in enumerate(("applied", "skipped", "rolled_back")):
             agent.record_action({"rule": "HighLatency", "knob": "max_batch_size", "old": 8, "new": 16 + index,
                                  "outcome": outcome, "reason": "p99 latency above the SLO for 1m"})

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 from dsagent.samples import RequestRecord
-from dsagent.sources.otlp_receiver import OtlpReceiverServer
+from dsagent.otlp_listener import OtlpReceiverServer
 from opentelemetry.exporter.otlp.proto.http import Compression
 from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter

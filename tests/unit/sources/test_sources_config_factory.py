@@ -6,10 +6,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from dsagent.otlp_listener import build_otlp_receiver
 from dsagent.sources.base import Source
 from dsagent.sources.config import SourcesConfig
 from dsagent.sources.engine_scrape import EngineScrapeSource
-from dsagent.sources.factory import build_otlp_receiver, build_sources, engine_driven_load
+from dsagent.sources.factory import build_sources, engine_driven_load
 from dsagent.sources.gpu import GpuSource
 from dsagent.sources.host import HostSource
 from pydantic import ValidationError
