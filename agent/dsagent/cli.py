@@ -17,6 +17,7 @@ import typer
 
 from dsagent.actions.cli_act import act as act_command
 from dsagent.dashboards.cli import app as dashboards_app
+from dsagent.doctor_cli import doctor as doctor_command
 from dsagent.loadgen.cli import bench_command
 from dsagent.tune.cli import tune_app
 
@@ -31,6 +32,7 @@ app = typer.Typer(
 config_app = typer.Typer(help="Inspect the configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(dashboards_app, name="dashboards")
+app.command("doctor")(doctor_command)
 app.command("act")(act_command)  # dsagent.actions.cli_act: one operator Decision through the guard
 app.command("bench")(bench_command)  # dsagent.loadgen.cli: the load generator on its own
 app.add_typer(tune_app, name="tune")  # dsagent.tune.cli: tune --auto, tune apply, tune rollback
