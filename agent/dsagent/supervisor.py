@@ -119,6 +119,11 @@ class EngineSupervisor:
         self.ready_since_seconds: float | None = None
         self.model_path: Path | None = engine.model.expanduser().resolve() if engine.model else None
         self.spawn_id = ""
+        # drained restart with new arguments (a vLLM knob change, dsagent.engines.vllm): see restart_with_command
+        self._command_override: list[str] | None = None
+        self._restart_requested = threading.Event()
+        self._restart_reason = ""
+        self._skip_backoff = False
 
     # ---- public --------------------------------------------------------------------------------------
 
@@ -150,6 +155,39 @@ class EngineSupervisor:
             thread.join(timeout_seconds if timeout_seconds is not None else self.config.drain_grace_seconds + 10)
         self._thread = None
         self._set_state(EngineState.STOPPED, "agent stopping")
+
+    def restart_with_command(self, command: list[str], reason: str, timeout_seconds: float | None = None) -> bool:
+        """Drain the running engine and start `command` instead; True once the new process is ready.
+
+        Why: vLLM reads max_num_seqs, dtype, ... only at start-up, so a knob change is a restart with new
+        arguments. If the new command does not come up ready, the previous command is put back and started
+        again (the engine keeps serving with its old arguments) and False is returned.
+        """
+        timeout = timeout_seconds if timeout_seconds is not None else (
+            self.config.readiness_timeout_seconds + self.config.drain_grace_seconds + 10)
+        previous = self._command_override
+        self._command_override = list(command)
+        if self._restart_and_wait(reason, timeout):
+            return True
+        log.warning("engine did not come back ready with the new arguments (%s); restoring the previous ones", reason)
+        self._command_override = previous
+        self._restart_and_wait(f"restoring the arguments before: {reason}", timeout)
+        return False
+
+    def _restart_and_wait(self, reason: str, timeout_seconds: float) -> bool:
+        starts_before = self.starts_total
+        if self._state == EngineState.READY:  # else the run loop is (re)starting anyway, with the new command
+            self._restart_reason = reason
+            self._restart_requested.set()
+        deadline = time.monotonic() + timeout_seconds
+        while time.monotonic() < deadline and not self._stop.is_set():
+            if self.starts_total > starts_before:
+                if self._state == EngineState.READY:
+                    return True
+                if self._state in (EngineState.BACKOFF, EngineState.CRASH_LOOP, EngineState.FAILED):
+                    return False
+            time.sleep(0.05)
+        return False
 
     def wait_ready(self, timeout_seconds: float) -> bool:
         deadline = time.monotonic() + timeout_seconds
@@ -231,6 +269,8 @@ class EngineSupervisor:
     # ---- owned process -------------------------------------------------------------------------------
 
     def _command(self) -> list[str]:
+        if self._command_override is not None:
+            return list(self._command_override)
         if self.engine.kind == "vllm":
             return list(self.engine.command)
         assert self.model_path is not None
@@ -418,6 +458,10 @@ class EngineSupervisor:
                     self._run_once(client)
                     if self._stop.is_set():
                         break
+                    if self._skip_backoff:  # a drained restart asked for: start the new command now
+                        self._skip_backoff = False
+                        self.restarts_total += 1
+                        continue
                     if self.consecutive_failures >= self.config.crash_loop_limit:
                         self._set_state(EngineState.CRASH_LOOP,
                                         f"{self.consecutive_failures} failed starts in a row; not restarting "
@@ -447,6 +491,7 @@ class EngineSupervisor:
             return
         with self._lock:
             self._process = process
+        self._restart_requested.clear()  # a fresh process satisfies any pending restart request
         self.starts_total += 1
         ready, reason = self._wait_until_ready(process, client)
         if not ready:
@@ -460,11 +505,17 @@ class EngineSupervisor:
             return
         self._set_state(EngineState.READY, f"serving at {self.engine_url}")
         ready_at = time.monotonic()
-        while not self._stop.is_set() and process.poll() is None:
+        while not self._stop.is_set() and process.poll() is None and not self._restart_requested.is_set():
             self._stop.wait(EXIT_POLL_SECONDS)
             self._reap_orphans()
         if self._stop.is_set():
             drain_process(process, self.config.drain_grace_seconds)
+            return
+        if self._restart_requested.is_set():
+            self._set_state(EngineState.STOPPING, f"drained restart: {self._restart_reason}")
+            drain_process(process, self.config.drain_grace_seconds)
+            self._restart_requested.clear()
+            self._skip_backoff = True
             return
         self.last_exit_code = process.returncode
         if time.monotonic() - ready_at >= self.config.stable_after_seconds:
