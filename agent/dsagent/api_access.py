@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 
 log = logging.getLogger(__name__)
 
-PROTECTED_PREFIXES = ("/api/status", "/api/actions")
+PROTECTED_PREFIXES = ("/api/status", "/api/actions", "/api/page/events")  # the page's stream carries the status
 
 
 def require_token_beyond_loopback(app: FastAPI, token: str, url: str) -> None:

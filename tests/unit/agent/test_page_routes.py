@@ -62,3 +62,14 @@ def test_stream_event_reports_a_failing_status_and_rule_manager_instead_of_raisi
     assert event["status_error"] == "RuntimeError: pipeline closed"
     assert event["rules"] == {"error": "RuntimeError: reloading"}
     assert "rules" not in page_event(store_with_gpu(), lambda: {}, None, [], False, 101.0)
+
+
+def test_the_stream_needs_the_server_token_beyond_loopback_like_api_status() -> None:
+    from dsagent.api import build_api
+    from dsagent.api_access import require_token_beyond_loopback
+
+    app = build_api(store_with_gpu(), lambda: {"agent": {"data_dir": "/secret"}})
+    require_token_beyond_loopback(app, "t0ken", "http://0.0.0.0:9464")
+    client = TestClient(app)
+    assert client.get("/api/page/events").status_code == 401
+    assert client.get("/").status_code == 200  # the page itself is static

@@ -420,8 +420,14 @@ function connect() {
   const source = new EventSource(`/api/page/events?${params}`);
   state.source = source;
   source.addEventListener("tick", onTick);
-  source.onerror = () => {
-    if (Date.now() - state.lastEventMs > 1000) setLive(false, `agent unreachable at ${location.host}: retrying every 2 s`);
+  source.onerror = async () => {
+    if (Date.now() - state.lastEventMs <= 1000) return;
+    let up = false;
+    try { up = (await fetch("/healthz", {cache: "no-store"})).ok; } catch (err) { up = false; }
+    setLive(false, up
+      ? `the agent at ${location.host} answers but refuses the page's stream: beyond loopback it needs the server ` +
+        "token (open the page through a tunnel to 127.0.0.1); retrying"
+      : `agent unreachable at ${location.host}: retrying every 2 s`);
   };
 }
 
