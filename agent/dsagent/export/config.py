@@ -26,6 +26,27 @@ DEFAULT_DROP_FIELDS = [
     "output_text",
 ]
 
+#: globs (any depth, key or dotted path) for the text-carrying attribute families of the OpenTelemetry GenAI
+#: semantic conventions (current and deprecated indexed forms), OpenInference / OpenLLMetry and HTTP bodies.
+DEFAULT_DROP_PATTERNS = [
+    "gen_ai.prompt*", "gen_ai.completion*", "gen_ai.input.messages*", "gen_ai.output.messages*",
+    "gen_ai.system_instructions*", "gen_ai.tool.call.arguments*", "gen_ai.tool.call.result*",
+    "gen_ai.*.content*", "gen_ai.choice*", "gen_ai.user.message*", "gen_ai.assistant.message*",
+    "llm.prompts*", "llm.prompt*", "llm.completions*", "llm.input_messages*", "llm.output_messages*",
+    "llm.prompt_template*", "input.value*", "output.value*", "http.request.body*", "http.response.body*",
+    "body.content*", "*.content", "*prompt_text*", "*completion_text*",
+]
+#: request-record attributes kept by default (globs); everything else is dropped before redaction.
+DEFAULT_REQUEST_ATTRIBUTES_ALLOW = [
+    "service.name", "service.instance.id", "service.version", "host.name", "trace_id", "span_id",
+    "gen_ai.system", "gen_ai.provider.name", "gen_ai.operation.name", "gen_ai.request.model",
+    "gen_ai.response.model", "gen_ai.response.id", "gen_ai.response.finish_reasons", "gen_ai.usage.*",
+    "gen_ai.request.max_tokens", "gen_ai.request.temperature", "gen_ai.request.top_p", "gen_ai.request.top_k",
+    "gen_ai.request.seed", "gen_ai.request.stream", "http.response.status_code", "http.request.method",
+    "http.route", "server.address", "server.port", "error.type", "dssidecar.queue_time*",
+    "dssidecar.prefill_time*", "dssidecar.decode_time*", "dssidecar.engine*",
+]
+
 #: request latency buckets in seconds: the DESIGN.md default (0.1, 0.5, 1, 2, 5 s) plus finer ones below 0.1 s.
 DEFAULT_LATENCY_BUCKETS_SECONDS = [
     0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08,
@@ -130,6 +151,13 @@ class RedactionConfig(_Strict):
     """Applied to every request/action record before any exporter sees it."""
 
     drop_fields: list[str] = Field(default_factory=lambda: list(DEFAULT_DROP_FIELDS))
+    drop_patterns: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_DROP_PATTERNS),
+        description="globs on a field's key or dotted path (any depth); dropped wherever they match")
+    request_attributes_allow: list[str] | None = Field(
+        default_factory=lambda: list(DEFAULT_REQUEST_ATTRIBUTES_ALLOW),
+        description="globs of request-record attributes kept (the rest dropped); null keeps every attribute, "
+                    "drop_fields/drop_patterns still apply")
     mask_patterns: list[MaskPattern] = Field(default_factory=list)
 
 

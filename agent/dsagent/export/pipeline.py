@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import re
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -43,7 +44,7 @@ from dsagent.export.otel_exporters import (
     SpoolTarget,
 )
 from dsagent.export.spool import Spool
-from dsagent.redaction import Redactor
+from dsagent.redaction import Redactor, glob_matcher, keep_allowed
 from dsagent.samples import RequestRecord, Sample
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,8 @@ class TelemetryPipeline:
         self.config = config
         self.data_dir = Path(data_dir)
         self._redactor = Redactor.from_config(config.redaction)
+        allow = config.redaction.request_attributes_allow
+        self._allowed_attributes = glob_matcher(allow) if allow is not None else None
         spool_dir = config.spool.directory or self.data_dir / "spool"
         chosen = list(destinations) if destinations is not None else build_destinations(config, self.data_dir)
         names = [destination.name for destination in chosen]
@@ -210,7 +213,7 @@ class TelemetryPipeline:
             for record in records:
                 self._logger.emit(
                     timestamp=_seconds_to_ns(record.timestamp_seconds),
-                    body=self._redactor.redact(request_body(record)),
+                    body=self._redactor.redact(request_body(record, self._allowed_attributes)),
                     event_name=REQUEST_EVENT,
                     severity_number=SeverityNumber.INFO,
                 )
@@ -275,9 +278,11 @@ class TelemetryPipeline:
         return figures
 
 
-def request_body(record: RequestRecord) -> dict[str, Any]:
-    """The request log document fields (DESIGN.md), omitting what was not measured."""
+def request_body(record: RequestRecord, allowed_attributes: re.Pattern[str] | None = None) -> dict[str, Any]:
+    """The request log document fields (DESIGN.md), omitting what was not measured; `attributes` cut to the
+    allowlist (None: all)."""
     body = dataclasses.asdict(record)
+    body["attributes"] = keep_allowed(body.get("attributes") or {}, allowed_attributes)
     body.pop("timestamp_seconds", None)
     if not body.get("knobs"):
         body.pop("knobs", None)
