@@ -31,6 +31,7 @@ from pydantic import (
 )
 
 from dsagent.actions.config import ActionsConfig
+from dsagent.actions.schedules import SchedulePolicy
 from dsagent.export.config import ExportConfig
 from dsagent.sources.config import SourcesConfig
 
@@ -213,6 +214,7 @@ class AgentConfig(_Section):
     intervals: IntervalsConfig = Field(default_factory=IntervalsConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
     actions: ActionsConfig = Field(default_factory=ActionsConfig)  # rules that act: guard, scale target, notify
+    schedules: list[SchedulePolicy] = Field(default_factory=list)  # cron policies (dsagent.actions.schedules)
     data_dir: Path = Field(default_factory=lambda: default_data_dir())
     log_level: str = "INFO"
 

@@ -127,6 +127,19 @@ class ActionRuntime:
         self.attach(restart=restart, gpu_backend=gpu_backend, signal_for=self._rule_signal_factory(agent))
         agent.evaluate_hooks.append(self.tick)
         self._connect_rules()
+        self.add_schedules(agent.scheduler, list(getattr(agent.config, "schedules", []) or []),
+                           lambda: getattr(agent, "rule_manager", None))
+
+    def add_schedules(self, scheduler: Any, policies: list[Any], rule_manager: Callable[[], Any]) -> None:
+        """One cron job per policy on the agent's scheduler; each change it makes is a Decision."""
+        from dsagent.actions.schedules import RuleGroupActuator, run_policy
+
+        if not policies:
+            return
+        self.registry.register(RuleGroupActuator(rule_manager))
+        for policy in policies:
+            scheduler.add_cron_job(f"schedule:{policy.name}", lambda p=policy: run_policy(p, self.dispatcher), policy.cron)
+        log.info("schedules: %s", ", ".join(f"{p.name} ({p.cron} UTC)" for p in policies))
 
     def _connect_rules(self) -> None:
         """Register the dispatcher as the rule manager's event sink once the rules runtime has set one up."""
