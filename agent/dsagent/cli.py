@@ -18,6 +18,7 @@ import typer
 from dsagent.actions.cli_act import act as act_command
 from dsagent.dashboards.cli import app as dashboards_app
 from dsagent.doctor_cli import doctor as doctor_command
+from dsagent.export_cli import export_app
 from dsagent.loadgen.cli import bench_command
 from dsagent.tune.cli import tune_app
 
@@ -36,6 +37,7 @@ app.command("doctor")(doctor_command)
 app.command("act")(act_command)  # dsagent.actions.cli_act: one operator Decision through the guard
 app.command("bench")(bench_command)  # dsagent.loadgen.cli: the load generator on its own
 app.add_typer(tune_app, name="tune")  # dsagent.tune.cli: tune --auto, tune apply, tune rollback
+app.add_typer(export_app, name="export")  # dsagent.export_cli: replay-dead-letters
 
 ConfigOption = typer.Option(None, "--config", "-c", envvar="DSAGENT_CONFIG",
                             help="YAML config file (default: the embedded default).")

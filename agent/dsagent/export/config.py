@@ -79,6 +79,13 @@ class SpoolConfig(_Strict):
         5, ge=1, description="failed sends before a document stuck at the head of the queue is moved to its tail")
 
 
+class DeadLetterConfig(_Strict):
+    """Documents a destination refused for good: <data_dir>/dead-letter/<destination>.ndjson, capped."""
+
+    max_bytes: int = Field(64 * 1024 * 1024, gt=0, description="size at which the file rotates")
+    keep_files: int = Field(3, ge=1, description="rotated files kept besides the current one (oldest deleted)")
+
+
 class ElasticsearchConfig(_Strict):
     """An Elasticsearch cluster written through data streams (`metrics-dsagent.*`, `logs-dsagent.*`)."""
 
@@ -179,6 +186,7 @@ class ExportConfig(_Strict):
     file: FileExportConfig = Field(default_factory=lambda: FileExportConfig.model_validate({}))
     otlp: OtlpExportConfig | None = None
     spool: SpoolConfig = Field(default_factory=lambda: SpoolConfig.model_validate({}))
+    dead_letter: DeadLetterConfig = Field(default_factory=lambda: DeadLetterConfig.model_validate({}))
     redaction: RedactionConfig = Field(default_factory=RedactionConfig)
     buckets: HistogramBuckets = Field(default_factory=HistogramBuckets)
     metric_export_interval_seconds: float = Field(10.0, gt=0, description="how often meters are collected")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -79,10 +80,17 @@ class Destination(ABC):
 
 
 class DeadLetterFile:
-    """Append-only NDJSON of documents a destination refused for good, each with the reason."""
+    """Append-only NDJSON of documents a destination refused for good, each with the reason.
 
-    def __init__(self, path: Path) -> None:
+    Each write is fsynced before it returns, because the drainer deletes those documents from the spool
+    right after. Capped: past `max_bytes` the file rotates (`.1` ... `.keep_files`, the oldest deleted), so
+    a destination refusing everything cannot fill the disk. `dsagent export replay-dead-letters` sends the
+    lines back through the spool once the cause is fixed."""
+
+    def __init__(self, path: Path, max_bytes: int = 64 * 1024 * 1024, keep_files: int = 3) -> None:
         self.path = path
+        self.max_bytes = max_bytes
+        self.keep_files = keep_files
         self._lock = threading.Lock()
 
     def write(self, destination: str, rejected: Sequence[tuple[SpoolEntry, str]]) -> None:
@@ -104,6 +112,23 @@ class DeadLetterFile:
             except ValueError:
                 line["payload_base64"] = base64.b64encode(entry.payload).decode()
             lines.append(json.dumps(line, default=str))
-        with self._lock, self.path.open("a", encoding="utf-8") as handle:
-            handle.write("\n".join(lines) + "\n")
-            handle.flush()
+        data = ("\n".join(lines) + "\n").encode("utf-8")
+        with self._lock:
+            if self.path.exists() and self.path.stat().st_size > 0 and \
+                    self.path.stat().st_size + len(data) > self.max_bytes:
+                rotate_numbered(self.path, self.keep_files)
+            with self.path.open("ab") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+
+
+def rotate_numbered(path: Path, keep_files: int) -> None:
+    """path -> path.1 -> path.2 ... path.keep_files (deleted past that), like logrotate's numbered scheme."""
+    oldest = path.with_name(f"{path.name}.{keep_files}")
+    oldest.unlink(missing_ok=True)
+    for index in range(keep_files - 1, 0, -1):
+        source = path.with_name(f"{path.name}.{index}")
+        if source.exists():
+            source.rename(path.with_name(f"{path.name}.{index + 1}"))
+    path.rename(path.with_name(f"{path.name}.1"))

@@ -1,7 +1,8 @@
 """NDJSON files, one per stream, rotated by size: the destination of the embedded default config.
 
 Files are local, yet they are fed through the spool like any destination so a full disk or a crash
-between collection and write loses nothing. Delivery is at-least-once: a crash after the write and
+between collection and write loses nothing. Each write is fsynced before the spool acknowledges it, so
+an acknowledged line survives a power loss too. Delivery is at-least-once: a crash after the write and
 before the spool acknowledgement repeats those lines; every line carries its deterministic `_id` so a
 reader can drop repeats.
 """
@@ -9,6 +10,7 @@ reader can drop repeats.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -60,6 +62,7 @@ class NdjsonDestination(Destination):
         with path.open("ab") as handle:
             handle.write(data)
             handle.flush()
+            os.fsync(handle.fileno())  # durable before the spool forgets these documents
 
     def _rotate(self, path: Path) -> None:
         oldest = path.with_name(f"{path.name}.{self.keep_files}")

@@ -100,7 +100,8 @@ class TelemetryPipeline:
             drainer = SpoolDrainer(
                 destination,
                 spool,
-                DeadLetterFile(self.data_dir / "dead-letter" / f"{destination.name}.ndjson"),
+                DeadLetterFile(self.data_dir / "dead-letter" / f"{destination.name}.ndjson",
+                               config.dead_letter.max_bytes, config.dead_letter.keep_files),
                 config.spool.batch_documents,
                 Backoff(config.spool.retry_initial_seconds, config.spool.retry_max_seconds),
                 move_aside_after_attempts=config.spool.move_aside_after_attempts,
@@ -267,6 +268,7 @@ class TelemetryPipeline:
                 "refused_retries": float(target.drainer.refused_retries),
                 "moved_aside_documents": float(target.drainer.moved_aside_documents),
                 "over_quota_appends": float(target.spool.over_quota_appends),
+                "spool_disk_bytes": float(target.spool.disk_bytes()),
             }
             for key, value in per.items():
                 figures[f"{name}.{key}"] = value

@@ -4,7 +4,14 @@ Why: an outage of Elasticsearch or the upstream collector must lose nothing. Exp
 documents here in one transaction (committed = durable, even across SIGKILL); a drainer thread reads
 them back in append order and deletes them only after the destination acknowledged them. Past the disk
 quota the oldest *metric* documents are dropped and counted; request and action records are never
-dropped (the spool then grows past its quota rather than lose them).
+dropped (the spool then grows past its quota rather than lose them; each such append is counted in
+`over_quota_appends`).
+
+The files on disk follow the quota too, not only the documents: the write-ahead log is checkpointed
+early for a small quota and truncated back to `journal_size_limit` after each checkpoint, and the database
+uses incremental auto-vacuum, so pages freed by acknowledged documents go back to the file system
+(`reclaim` runs after acknowledgements once enough pages are free, and when the spool is empty the WAL is
+truncated too). A spool created before this is converted once (VACUUM) when it is opened.
 
 Documents are stored in chunks, one row per run of same-kind documents of one append (up to
 MAX_CHUNK_DOCUMENTS): a row per document costs SQLite more than serializing the document did, and the
@@ -36,6 +43,10 @@ KINDS = frozenset({METRIC, REQUEST, ACTION, LOG})
 
 #: bytes counted per document beyond its payload (id, stream, bookkeeping); an estimate for the quota.
 ROW_OVERHEAD_BYTES = 64
+#: the write-ahead log is truncated to at most this after a checkpoint (or the quota, if smaller)
+MAX_JOURNAL_BYTES = 4 * 1024 * 1024
+#: free pages worth this much (or a quarter of the quota, if smaller) are handed back to the file system
+RECLAIM_FREE_BYTES = 1024 * 1024
 MAX_CHUNK_DOCUMENTS = 10_000
 _INDEX_BITS = 20
 _INDEX_MASK = (1 << _INDEX_BITS) - 1
@@ -174,7 +185,18 @@ class Spool:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        (auto_vacuum,) = self._db.execute("PRAGMA auto_vacuum").fetchone()
+        if auto_vacuum != 2:  # INCREMENTAL; a new file takes it at once, an old one needs one VACUUM
+            self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            if self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+                self._db.execute("VACUUM")
         self._db.execute("PRAGMA journal_mode=WAL")
+        (page_bytes,) = self._db.execute("PRAGMA page_size").fetchone()
+        self._page_bytes = int(page_bytes)
+        self._db.execute(f"PRAGMA journal_size_limit={min(max_bytes, MAX_JOURNAL_BYTES)}")
+        # checkpoint after a quarter of the quota is in the log (SQLite's default is 1000 pages, ~4 MB)
+        self._db.execute(f"PRAGMA wal_autocheckpoint={max(16, min(1000, max_bytes // 4 // self._page_bytes))}")
+        self._reclaim_free_bytes = min(RECLAIM_FREE_BYTES, max(self._page_bytes, max_bytes // 4))
         # NORMAL in WAL mode: a committed transaction survives a crash of this process (SIGKILL);
         # only a power loss may roll back the last transactions.
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -329,7 +351,26 @@ class Spool:
                 raise
             self._depth_documents -= removed_documents
             self._size_bytes -= removed_bytes
+            self._reclaim_locked()
         return removed_documents
+
+    def _reclaim_locked(self) -> None:
+        """Give freed pages back to the file system, and the WAL too once everything is acknowledged."""
+        (free_pages,) = self._db.execute("PRAGMA freelist_count").fetchone()
+        if free_pages * self._page_bytes >= self._reclaim_free_bytes or (free_pages and self._depth_documents == 0):
+            self._db.execute("PRAGMA incremental_vacuum").fetchall()
+        if self._depth_documents == 0:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+
+    def disk_bytes(self) -> int:
+        """What the spool occupies on disk now: the database file plus its write-ahead log."""
+        total = 0
+        for suffix in ("", "-wal", "-shm"):
+            try:
+                total += (self.path.parent / (self.path.name + suffix)).stat().st_size
+            except OSError:
+                pass
+        return total
 
     def _read_lengths_locked(self, chunk_id: int) -> tuple[int, ...]:
         """The chunk's lengths table (index, stream, id, payload lengths per document), read incrementally:
