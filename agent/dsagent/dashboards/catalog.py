@@ -183,7 +183,7 @@ def requests() -> Dashboard:
 # ---- Actions and tuning -------------------------------------------------------------------------------------
 
 DECISIONS_SEARCH = "dsagent-actions-decisions"
-DECISION_COLUMNS = ["rule", "knob", "old", "new", "outcome", "reason"]
+DECISION_COLUMNS = ["rule", "action", "target", "old", "new", "outcome", "dry_run", "reason"]
 
 
 def actions() -> Dashboard:
@@ -194,13 +194,18 @@ def actions() -> Dashboard:
         xy_panel(d, "decisions", "Decisions over time by outcome", (0, 0, 24, 12), ACTIONS_VIEW,
                  {"y0": count("Decisions")}, split=terms("outcome", "Outcome", size=10, order_by="y0"),
                  series_type="bar_stacked"),
-        table_panel(d, "by-rule", "Decisions by rule and knob", (24, 0, 24, 12), ACTIONS_VIEW,
+        table_panel(d, "by-rule", "Decisions by rule, action and knob", (24, 0, 24, 12), ACTIONS_VIEW,
                     {"rule": terms("rule", "Rule", size=20, order_by="decisions"),
+                     "action": terms("action", "Action", size=10, order_by="decisions"),
                      "knob": terms("knob", "Knob", size=20, order_by="decisions"),
                      "outcome": terms("outcome", "Outcome", size=10, order_by="decisions"),
                      "decisions": count("Decisions")},
                     sort_by="decisions"),
-        xy_panel(d, "knobs", "Engine knob values over time", (0, 12, 48, 12), METRICS_VIEW,
+        xy_panel(d, "scale", "Scale events by outcome", (0, 12, 24, 12), ACTIONS_VIEW,
+                 {"y0": count("Scale decisions", 'action : "scale"')},
+                 split=terms("outcome", "Outcome", size=10, order_by="y0"), series_type="bar_stacked",
+                 description="Replica changes the rules asked for (the decision log shows old and new counts)."),
+        xy_panel(d, "knobs", "Engine knob values over time", (24, 12, 24, 12), METRICS_VIEW,
                  _gauge("dsagent_engine_knob_value", "Value"),
                  split=terms(HOST, "Host / knob", size=40, order_by="y0", secondary_fields=("labels.knob",))),
         SearchPanel("decision-log", "Decision log (newest first)", (0, 24, 48, 15), DECISIONS_SEARCH),

@@ -83,9 +83,16 @@ def shipped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeElasticsea
         assert agent.receiver is not None
         httpx.post(agent.receiver.endpoint + "/v1/logs", json=otlp_request_logs(20), timeout=10,
                    headers=agent.receiver_headers()).raise_for_status()
+        # decisions shaped like dsagent.actions.guard.audit_event: knob changes and scale events
         for index, outcome in enumerate(("applied", "skipped", "rolled_back")):
-            agent.record_action({"rule": "HighLatency", "knob": "max_batch_size", "old": 8, "new": 16 + index,
-                                 "outcome": outcome, "reason": "p99 latency above the SLO for 1m"})
+            agent.record_action({"decision_id": f"d{index}", "rule": "HighLatency", "action": "set_knob",
+                                 "target": "engine.max_batch_size", "knob": "max_batch_size", "old": "8",
+                                 "new": str(16 + index), "outcome": outcome, "dry_run": False, "source": "rule",
+                                 "reason": "p99 latency above the SLO for 1m"})
+            agent.record_action({"decision_id": f"s{index}", "rule": "QueueGrowing", "action": "scale",
+                                 "target": "deployment/dsagent-inference", "knob": "replicas", "old": "4",
+                                 "new": str(5 + index), "outcome": outcome, "dry_run": index == 1,
+                                 "source": "rule", "reason": "requests waiting above 10 for 2m"})
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not _all_metrics_arrived(cluster):
             time.sleep(0.5)
