@@ -36,6 +36,8 @@ import httpx
 
 from dsagent import engine_process
 from dsagent.config import EngineConfig, SupervisorConfig, mask_arguments
+from dsagent.engines.base import launcher_for
+from dsagent.log_files import copy_truncate
 from dsagent.samples import Sample, make_labels
 
 log = logging.getLogger(__name__)
@@ -43,7 +45,6 @@ log = logging.getLogger(__name__)
 ENGINE_LOG_MAX_BYTES = 50 * 1024 * 1024
 PROGRESS_LOG_SECONDS = 10.0  # "still waiting" lines while the engine loads
 EXIT_POLL_SECONDS = 0.5  # how soon a crashed engine is noticed (cheap: one waitpid per poll)
-DEMO_SERVED_MODEL_NAME = "demo-model"  # what clients send as `model` when the agent generated the demo model
 PORT_RECHECK_SECONDS = 1.0  # how often a port held by another process is looked at again
 LAUNCHER = Path(__file__).with_name("engine_launcher.py")
 
@@ -104,6 +105,7 @@ class EngineSupervisor:
         self.otlp_endpoint = otlp_endpoint
         self.on_state_change = on_state_change
         self.engine_url = engine.base_url()
+        self.launcher = launcher_for(engine)  # the one place that depends on engine.kind (dsagent.engines)
         self.log_path = self.data_dir / "logs" / "engine.log"
         self.pid_path = self.data_dir / "engine.pid"
         self._lock = threading.RLock()
@@ -119,6 +121,7 @@ class EngineSupervisor:
         self.ready_since_seconds: float | None = None
         self.model_path: Path | None = engine.model.expanduser().resolve() if engine.model else None
         self.spawn_id = ""
+        self.log_max_bytes = ENGINE_LOG_MAX_BYTES
         # drained restart with new arguments (a vLLM knob change, dsagent.engines.vllm): see restart_with_command
         self._command_override: list[str] | None = None
         self._restart_requested = threading.Event()
@@ -142,7 +145,7 @@ class EngineSupervisor:
         if self._thread is not None:
             return
         self._stop.clear()
-        target = self._attach_loop if self.engine.kind == "external" else self._run_loop
+        target = self._run_loop if self.launcher.owns_process else self._attach_loop
         self._thread = threading.Thread(target=target, name="engine-supervisor", daemon=True)
         self._thread.start()
 
@@ -211,7 +214,7 @@ class EngineSupervisor:
             "last_exit_code": self.last_exit_code,
             "ready_since_seconds": self.ready_since_seconds,
             "model": str(self.model_path) if self.model_path else None,
-            "log_file": str(self.log_path) if self.engine.kind != "external" else None,
+            "log_file": str(self.log_path) if self.launcher.owns_process else None,
         }
 
     def samples(self, now_seconds: float) -> list[Sample]:
@@ -271,39 +274,22 @@ class EngineSupervisor:
     def _command(self) -> list[str]:
         if self._command_override is not None:
             return list(self._command_override)
-        if self.engine.kind == "vllm":
-            return list(self.engine.command)
-        assert self.model_path is not None
-        command = [*sidecar_command(), "serve", "--model", str(self.model_path),
-                   "--host", self.engine.host, "--port", str(self.engine.port)]
-        served_model_name = self.engine.served_model_name
-        if served_model_name is None and self.engine.model is None:
-            served_model_name = DEMO_SERVED_MODEL_NAME  # a stable name for clients, whatever the training steps
-        if served_model_name:
-            command += ["--served-model-name", served_model_name]
-        if self.otlp_endpoint:
-            command += ["--otlp-endpoint", self.otlp_endpoint]
-        return command + list(self.engine.extra_args)
+        return self.launcher.command(self.model_path, self.otlp_endpoint)
 
     def _environment(self) -> dict[str, str]:
         environment = dict(os.environ)
-        if self.engine.kind == "vllm" and self.otlp_endpoint:
-            environment.setdefault("OTEL_EXPORTER_OTLP_ENDPOINT", self.otlp_endpoint)
-        if self.engine.kind == "builtin":
-            # the agent needs one record per request: the OTLP log carries everything, so skip the span
-            environment.setdefault("DSSIDECAR_OTLP_EXPORT_SPANS", "false")
+        environment.update(self.launcher.environment(self.otlp_endpoint))
         environment.update(self.engine.environment)
         return environment
 
     def _open_log(self) -> IO[bytes]:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        if self.log_path.exists() and self.log_path.stat().st_size > ENGINE_LOG_MAX_BYTES:
-            self.log_path.replace(self.log_path.with_suffix(".log.1"))
+        copy_truncate(self.log_path, self.log_max_bytes)
         return open(self.log_path, "ab")
 
     def _prepare_model(self) -> bool:
         """For builtin with no model: generate the demo checkpoint once into the data dir."""
-        if self.engine.kind != "builtin" or self.engine.model is not None:
+        if not self.launcher.prepares_demo_model:
             return True
         demo = self.engine.demo_model
         target = self.data_dir / "models" / f"demo-{demo.size}-seed{demo.seed}-steps{demo.train_steps}"
@@ -358,7 +344,7 @@ class EngineSupervisor:
         self.pid_path.unlink(missing_ok=True)
 
     def _engine_port_is_local(self) -> bool:
-        return self.engine.kind != "external" and not self.engine.url
+        return self.launcher.owns_process and not self.engine.url
 
     def _wait_for_free_port(self) -> bool:
         """Before a spawn: while another process listens on the engine port, say who (once per holder) and
@@ -508,6 +494,7 @@ class EngineSupervisor:
         while not self._stop.is_set() and process.poll() is None and not self._restart_requested.is_set():
             self._stop.wait(EXIT_POLL_SECONDS)
             self._reap_orphans()
+            copy_truncate(self.log_path, self.log_max_bytes)  # the engine keeps writing: cap it while it runs
         if self._stop.is_set():
             drain_process(process, self.config.drain_grace_seconds)
             return

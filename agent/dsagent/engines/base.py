@@ -39,6 +39,32 @@ class EngineAdapter(Protocol):
         """Apply `update` all-or-nothing; returns details for the audit; raises EngineKnobRefused."""
 
 
+class EngineLauncher(Protocol):
+    """How the supervisor runs (or only watches) an engine of one kind."""
+
+    kind: str
+    owns_process: bool  # False: attach to engine.url and probe it, never spawn
+    prepares_demo_model: bool  # True: generate the demo checkpoint into the data dir before the first start
+
+    def command(self, model_path: Path | None, otlp_endpoint: str | None) -> list[str]: ...
+
+    def environment(self, otlp_endpoint: str | None) -> dict[str, str]:
+        """Variables added to the agent's environment for the engine (engine.environment still wins)."""
+
+
+def launcher_for(engine: EngineConfig) -> EngineLauncher:
+    """The launcher for `engine.kind` (the supervisor's one place that depends on the kind)."""
+    from dsagent.engines.builtin import BuiltinLauncher
+    from dsagent.engines.external import ExternalLauncher
+    from dsagent.engines.vllm import VllmLauncher
+
+    if engine.kind == "builtin":
+        return BuiltinLauncher(engine)
+    if engine.kind == "vllm":
+        return VllmLauncher(list(engine.command))
+    return ExternalLauncher()
+
+
 def adapter_for(engine: EngineConfig, data_dir: Path, *, control_token: str | None = None,
                 restart: Callable[[list[str], str], bool] | None = None,
                 control_timeout_seconds: float = 120.0) -> EngineAdapter:

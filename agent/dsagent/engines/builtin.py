@@ -10,11 +10,16 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from dsagent.engines.base import EngineKnobRefused, KnobMode
+
+if TYPE_CHECKING:
+    from dsagent.config import EngineConfig
+
+DEMO_SERVED_MODEL_NAME = "demo-model"  # what clients send as `model` when the agent generated the demo model
 
 CONTROL_TOKEN_FILE_ENV = "DSSIDECAR_CONTROL_TOKEN_FILE"
 LIVE_KNOBS: dict[str, KnobMode] = {"max_batch_size": "live", "max_num_batched_tokens": "live",
@@ -38,6 +43,36 @@ def ensure_control_token(path: Path) -> str:
         handle.write(token + "\n")
     os.chmod(path, 0o600)
     return token
+
+
+class BuiltinLauncher:
+    """How the supervisor runs dssidecar: `dssidecar serve` on the model (the demo model when none is set)."""
+
+    kind = "builtin"
+    owns_process = True
+
+    def __init__(self, engine: EngineConfig) -> None:
+        self.engine = engine
+        self.prepares_demo_model = engine.model is None
+
+    def command(self, model_path: Path | None, otlp_endpoint: str | None) -> list[str]:
+        from dsagent.supervisor import sidecar_command
+
+        assert model_path is not None
+        engine = self.engine
+        command = [*sidecar_command(), "serve", "--model", str(model_path), "--host", engine.host, "--port", str(engine.port)]
+        served_model_name = engine.served_model_name
+        if served_model_name is None and engine.model is None:
+            served_model_name = DEMO_SERVED_MODEL_NAME  # a stable name for clients, whatever the training steps
+        if served_model_name:
+            command += ["--served-model-name", served_model_name]
+        if otlp_endpoint:
+            command += ["--otlp-endpoint", otlp_endpoint]
+        return command + list(engine.extra_args)
+
+    def environment(self, otlp_endpoint: str | None) -> dict[str, str]:
+        # the agent needs one record per request: the OTLP log carries everything, so skip the span
+        return {} if "DSSIDECAR_OTLP_EXPORT_SPANS" in os.environ else {"DSSIDECAR_OTLP_EXPORT_SPANS": "false"}
 
 
 class BuiltinEngineAdapter:

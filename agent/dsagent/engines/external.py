@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from dsagent.engines.base import EngineKnobRefused, KnobMode
+
+
+class ExternalLauncher:
+    """Nothing to run: the supervisor only probes the engine's readiness at its URL."""
+
+    kind = "external"
+    owns_process = False
+    prepares_demo_model = False
+
+    def command(self, model_path: Path | None, otlp_endpoint: str | None) -> list[str]:
+        raise RuntimeError("an external engine is not started by the agent")
+
+    def environment(self, otlp_endpoint: str | None) -> dict[str, str]:
+        return {}
 
 
 class ExternalEngineAdapter:

@@ -8,10 +8,55 @@ new command; the change counts as applied once the new process answers /readyz.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from dsagent.engines.base import EngineKnobRefused, KnobMode
+
+# vLLM's Prometheus families (as prometheus_client names them: counters without _total) -> the agent's
+# stable names. The builtin sidecar exports the same vLLM names, so this one table serves both engines
+# (dsagent.sources.engine_scrape reads it); rules and `dsagent status` only see the stable names.
+VLLM_FAMILY_MAP: dict[str, str] = {
+    "vllm:num_requests_running": "dsagent_engine_requests_running",
+    "vllm:num_requests_waiting": "dsagent_engine_requests_waiting",
+    "vllm:kv_cache_usage_perc": "dsagent_engine_kv_cache_usage_ratio",
+    "vllm:gpu_cache_usage_perc": "dsagent_engine_kv_cache_usage_ratio",
+    "vllm:prompt_tokens": "dsagent_engine_prompt_tokens",
+    "vllm:generation_tokens": "dsagent_engine_generation_tokens",
+    "vllm:num_preemptions": "dsagent_engine_preemptions",
+    "vllm:request_success": "dsagent_engine_requests_finished",
+    "vllm:time_to_first_token_seconds": "dsagent_engine_time_to_first_token_seconds",
+    "vllm:inter_token_latency_seconds": "dsagent_engine_inter_token_latency_seconds",
+    "vllm:time_per_output_token_seconds": "dsagent_engine_time_per_output_token_seconds",
+    "vllm:e2e_request_latency_seconds": "dsagent_engine_e2e_request_latency_seconds",
+    "vllm:request_queue_time_seconds": "dsagent_engine_request_queue_time_seconds",
+    "vllm:request_prompt_tokens": "dsagent_engine_request_prompt_tokens",
+    "vllm:request_generation_tokens": "dsagent_engine_request_generation_tokens",
+}
+VLLM_COUNTER_FAMILIES = ("vllm:prompt_tokens", "vllm:generation_tokens", "vllm:num_preemptions", "vllm:request_success")
+# When an engine exposes both, the first name wins (vLLM renamed gpu_cache_usage_perc to kv_cache_usage_perc).
+VLLM_FALLBACK_FAMILIES: dict[str, str] = {"vllm:gpu_cache_usage_perc": "vllm:kv_cache_usage_perc"}
+
+
+class VllmLauncher:
+    """How the supervisor runs vLLM: the operator's command line (rewritten by knob restarts), OTLP env."""
+
+    kind = "vllm"
+    owns_process = True
+    prepares_demo_model = False
+
+    def __init__(self, command: list[str]) -> None:
+        self.base_command = list(command)
+
+    def command(self, model_path: Path | None, otlp_endpoint: str | None) -> list[str]:
+        return list(self.base_command)
+
+    def environment(self, otlp_endpoint: str | None) -> dict[str, str]:
+        if otlp_endpoint and "OTEL_EXPORTER_OTLP_ENDPOINT" not in os.environ:
+            return {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp_endpoint}
+        return {}
 
 RESTART_KNOBS: dict[str, str] = {
     "max_num_seqs": "--max-num-seqs",

@@ -19,27 +19,15 @@ import httpx
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
+from dsagent.engines.vllm import VLLM_COUNTER_FAMILIES, VLLM_FALLBACK_FAMILIES, VLLM_FAMILY_MAP
 from dsagent.samples import Labels, Sample, make_labels
 from dsagent.sources.base import SourceError
 from dsagent.sources.metric_metadata import METRICS_BY_NAME, metadata_for
 
-# Engine family name (as prometheus_client reports it: counters without _total) -> stable name.
+# Engine family name (as prometheus_client reports it: counters without _total) -> stable name. vLLM's
+# names are written once, in dsagent.engines.vllm; the sidecar's own dssidecar_* gauges are added here.
 ENGINE_FAMILY_MAP: dict[str, str] = {
-    "vllm:num_requests_running": "dsagent_engine_requests_running",
-    "vllm:num_requests_waiting": "dsagent_engine_requests_waiting",
-    "vllm:kv_cache_usage_perc": "dsagent_engine_kv_cache_usage_ratio",
-    "vllm:gpu_cache_usage_perc": "dsagent_engine_kv_cache_usage_ratio",
-    "vllm:prompt_tokens": "dsagent_engine_prompt_tokens",
-    "vllm:generation_tokens": "dsagent_engine_generation_tokens",
-    "vllm:num_preemptions": "dsagent_engine_preemptions",
-    "vllm:request_success": "dsagent_engine_requests_finished",
-    "vllm:time_to_first_token_seconds": "dsagent_engine_time_to_first_token_seconds",
-    "vllm:inter_token_latency_seconds": "dsagent_engine_inter_token_latency_seconds",
-    "vllm:time_per_output_token_seconds": "dsagent_engine_time_per_output_token_seconds",
-    "vllm:e2e_request_latency_seconds": "dsagent_engine_e2e_request_latency_seconds",
-    "vllm:request_queue_time_seconds": "dsagent_engine_request_queue_time_seconds",
-    "vllm:request_prompt_tokens": "dsagent_engine_request_prompt_tokens",
-    "vllm:request_generation_tokens": "dsagent_engine_request_generation_tokens",
+    **VLLM_FAMILY_MAP,
     "dssidecar_knob_value": "dsagent_engine_knob_value",
     "dssidecar_knob_info": "dsagent_engine_knob_info",
     "dssidecar_kv_cache_blocks": "dsagent_engine_kv_cache_blocks",
@@ -48,16 +36,10 @@ ENGINE_FAMILY_MAP: dict[str, str] = {
     "dssidecar_draining": "dsagent_engine_draining",
 }
 # An exposition without "# TYPE ... counter" lines names counters with their _total; map those too.
-ENGINE_FAMILY_MAP.update(
-    {
-        f"{engine}_total": f"{stable}_total"
-        for engine, stable in list(ENGINE_FAMILY_MAP.items())
-        if engine in ("vllm:prompt_tokens", "vllm:generation_tokens", "vllm:num_preemptions", "vllm:request_success")
-    }
-)
+ENGINE_FAMILY_MAP.update({f"{engine}_total": f"{ENGINE_FAMILY_MAP[engine]}_total" for engine in VLLM_COUNTER_FAMILIES})
 
 # When an engine exposes both, the first name wins (vLLM and the sidecar export the KV ratio twice).
-_FALLBACK_FAMILIES: dict[str, str] = {"vllm:gpu_cache_usage_perc": "vllm:kv_cache_usage_perc"}
+_FALLBACK_FAMILIES: dict[str, str] = dict(VLLM_FALLBACK_FAMILIES)
 
 _INVALID_NAME_CHARACTERS = re.compile(r"[^a-zA-Z0-9_]")
 
