@@ -420,7 +420,7 @@ class LLMEngine:
                 if seqs:
                     logger.warning("request %s failed in the engine step: %s: %s", seqs[0].request_id,
                                    type(exc).__name__, exc)
-                return ScheduledBatch([], batch.is_prefill), [], [(seq, f"{type(exc).__name__}: {exc}") for seq in seqs]
+                return ScheduledBatch([]), [], [(seq, f"{type(exc).__name__}: {exc}") for seq in seqs]
             logger.warning("a step of %d sequences failed (%s: %s); retrying its halves to isolate the cause",
                            len(seqs), type(exc).__name__, exc)
         half = len(seqs) // 2
@@ -429,12 +429,12 @@ class LLMEngine:
         failed: list[tuple[Sequence, str]] = []
         for part in (seqs[:half], seqs[half:]):
             part_ran, part_ids, part_failed = self._run_isolating_failures(
-                ScheduledBatch(part, batch.is_prefill), whole_step=False
+                ScheduledBatch(part), whole_step=False
             )
             ran_seqs.extend(part_ran.seqs)
             token_ids.extend(part_ids)
             failed.extend(part_failed)
-        return ScheduledBatch(ran_seqs, batch.is_prefill), token_ids, failed
+        return ScheduledBatch(ran_seqs), token_ids, failed
 
     def _unblock(self) -> list[RequestOutput]:
         """Nothing could be scheduled although requests wait: the head of the queue can never fit the
@@ -455,7 +455,7 @@ class LLMEngine:
             seq.num_cached_tokens += seq.num_scheduled_tokens
             seq.num_scheduled_tokens = 0
             self.block_manager.register_full_blocks(seq)
-            if batch.is_prefill and seq.num_cached_tokens < seq.num_tokens:
+            if seq.num_cached_tokens < seq.num_tokens:
                 continue  # a chunk of a long prompt: no token yet
             seq.token_ids.append(token_id)
             self.generation_tokens_total += 1

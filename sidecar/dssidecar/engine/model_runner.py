@@ -11,6 +11,7 @@ another precision/backend beside the old one and LLMEngine.swap_runner() switche
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -164,11 +165,12 @@ class ModelRunner:
         return self._to_device(input_ids), positions_t, meta, last_index
 
     def prepare_decode(self, seqs: list[Sequence]) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
-        """Inputs for one decode token per sequence. `seqs` should be sorted by length (compute_logits
-        does it) so rows can be grouped into a few length buckets, each padded only to its own max."""
+        """Inputs for one token per sequence (the one after its cached tokens: the last sampled token, or
+        a one-token prompt chunk). `seqs` should be sorted by length (compute_logits does it) so rows can
+        be grouped into a few length buckets, each padded only to its own max."""
         batch = len(seqs)
-        input_ids = self._to_device([seq.token_ids[-1] for seq in seqs])
-        context_lens_list = [len(seq.token_ids) for seq in seqs]
+        input_ids = self._to_device([seq.token_ids[seq.num_cached_tokens] for seq in seqs])
+        context_lens_list = [seq.num_cached_tokens + 1 for seq in seqs]
         context_lens = self._to_device(context_lens_list)
         positions = context_lens - 1
         block_tables = self._block_tables(seqs)
@@ -178,7 +180,7 @@ class ModelRunner:
         groups: list[tuple[int, int, torch.Tensor, torch.Tensor]] = []
         bounds = [round(i * batch / num_groups) for i in range(num_groups + 1)]
         for start, end in zip(bounds[:-1], bounds[1:], strict=True):
-            width = max(len(seq.block_table) for seq in seqs[start:end])
+            width = -(-max(context_lens_list[start:end]) // self.block_size)
             key_positions = torch.arange(width * self.block_size, device=self.device)
             allowed = (key_positions.unsqueeze(0) < context_lens[start:end].unsqueeze(1)).view(end - start, 1, 1, -1)
             groups.append((start, end, block_tables[start:end, :width], self._additive_mask(allowed)))
@@ -191,27 +193,72 @@ class ModelRunner:
         )
         return input_ids, positions, meta
 
-    @torch.inference_mode()
-    def compute_logits(self, seqs: list[Sequence], is_prefill: bool) -> torch.Tensor:
-        """Next-token logits [len(seqs), vocab] (float32) after this step's tokens; writes their K/V."""
-        if is_prefill:
+    @staticmethod
+    def is_decode_row(seq: Sequence) -> bool:
+        """One new token after cached ones: runs the decode attention shape."""
+        return seq.num_scheduled_tokens == 1 and seq.num_cached_tokens > 0
+
+    def _forward_hidden(self, seqs: list[Sequence]) -> torch.Tensor:
+        """Hidden state after the last scheduled token of each sequence, in `seqs` order; writes K/V.
+
+        Prompt chunks and decode tokens may be mixed: the chunks are packed first, then the decode
+        tokens sorted by context length (for the length buckets); one forward pass runs them all."""
+        prefill_rows = [i for i, seq in enumerate(seqs) if not self.is_decode_row(seq)]
+        decode_rows = sorted(
+            (i for i, seq in enumerate(seqs) if self.is_decode_row(seq)), key=lambda i: seqs[i].num_cached_tokens
+        )
+        if not decode_rows:
             input_ids, positions, meta, last_index = self.prepare_prefill(seqs)
             hidden = self.forward(input_ids, positions, self.kv_cache, meta)
-            hidden = hidden.index_select(0, last_index)
-        else:
-            order = sorted(range(len(seqs)), key=lambda i: len(seqs[i].token_ids))
-            input_ids, positions, meta = self.prepare_decode([seqs[i] for i in order])
+            return hidden.index_select(0, last_index)  # type: ignore[no-any-return]
+        decode_seqs = [seqs[i] for i in decode_rows]
+        if not prefill_rows:
+            input_ids, positions, meta = self.prepare_decode(decode_seqs)
             hidden = self.forward(input_ids, positions, self.kv_cache, meta)
-            if order != sorted(order):
-                inverse = [0] * len(order)
-                for sorted_row, original_row in enumerate(order):
+            if decode_rows != sorted(decode_rows):
+                inverse = [0] * len(decode_rows)
+                for sorted_row, original_row in enumerate(decode_rows):
                     inverse[original_row] = sorted_row
                 hidden = hidden.index_select(0, self._to_device(inverse))
+            return hidden  # type: ignore[no-any-return]
+        prefill_seqs = [seqs[i] for i in prefill_rows]
+        p_ids, p_positions, p_meta, _last_index = self.prepare_prefill(prefill_seqs)
+        d_ids, d_positions, d_meta = self.prepare_decode(decode_seqs)
+        num_prefill_tokens = int(p_ids.shape[0])
+        p_meta.slot_mapping = torch.cat([p_meta.slot_mapping, d_meta.slot_mapping])
+        p_meta.decode_groups = d_meta.decode_groups
+        p_meta.num_prefill_tokens = num_prefill_tokens
+        hidden = self.forward(torch.cat([p_ids, d_ids]), torch.cat([p_positions, d_positions]), self.kv_cache, p_meta)
+        # the hidden row of each sequence, in `seqs` order, from host-side lengths (no device sync)
+        rows = [0] * len(seqs)
+        for row, last in zip(prefill_rows, itertools.accumulate(p_meta.query_lens or []), strict=True):
+            rows[row] = last - 1
+        for sorted_row, row in enumerate(decode_rows):
+            rows[row] = num_prefill_tokens + sorted_row
+        return hidden.index_select(0, self._to_device(rows))  # type: ignore[no-any-return]
+
+    @torch.inference_mode()
+    def compute_logits(self, seqs: list[Sequence], is_prefill: bool | None = None) -> torch.Tensor:
+        """Next-token logits [len(seqs), vocab] (float32) after this step's tokens; writes their K/V.
+        `is_prefill` is ignored (kept for callers of the prefill-or-decode era): each sequence's
+        `num_cached_tokens` / `num_scheduled_tokens` say what it computes."""
+        hidden = self._forward_hidden(seqs)
         logits: torch.Tensor = self.model.compute_logits(hidden)  # type: ignore[operator]
         return logits.float()
 
     @torch.inference_mode()
-    def run(self, seqs: list[Sequence], is_prefill: bool) -> list[int]:
-        """One step: compute and sample; returns one token id per sequence (ignored for a partial chunk)."""
-        logits = self.compute_logits(seqs, is_prefill)
-        return sample_tokens(logits, [seq.params for seq in seqs], [seq.generator for seq in seqs])
+    def run(self, seqs: list[Sequence], is_prefill: bool | None = None) -> list[int]:
+        """One step: compute and sample; returns one token id per sequence, -1 for a prompt chunk that
+        does not end its prompt (no logits are computed for it, and its seeded generator is not drawn)."""
+        hidden = self._forward_hidden(seqs)
+        sampled = [i for i, seq in enumerate(seqs) if seq.num_cached_tokens + seq.num_scheduled_tokens >= seq.num_tokens]
+        if not sampled:
+            return [-1] * len(seqs)
+        if len(sampled) < len(seqs):
+            hidden = hidden.index_select(0, self._to_device(sampled))
+        logits = self.model.compute_logits(hidden).float()  # type: ignore[operator]
+        chosen = sample_tokens(logits, [seqs[i].params for i in sampled], [seqs[i].generator for i in sampled])
+        token_ids = [-1] * len(seqs)
+        for row, token_id in zip(sampled, chosen, strict=True):
+            token_ids[row] = token_id
+        return token_ids

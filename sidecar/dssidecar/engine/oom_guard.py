@@ -2,8 +2,8 @@
 
 Why this exists: a CUDA OOM (or a failed KV-pool allocation) in the middle of serving must not kill the
 server or fail the whole batch. The guard catches it, drops the second half of the batch (those
-sequences are simply not advanced this step: decode sequences stay running, prefill sequences are
-requeued for recompute), retries, and lowers the scheduler's effective `max_batch_size` to the size
+sequences are simply not advanced this step: they stay running with their blocks and are scheduled
+again next step), retries, and lowers the scheduler's effective `max_batch_size` to the size
 that worked. Each event is counted (`dssidecar_oom_events_total`) so a rule can react. A single
 sequence that still does not fit is failed with an error instead of retrying forever.
 
@@ -100,12 +100,12 @@ class OomGuard:
                 keep = len(batch.seqs) // 2
                 dropped = batch.seqs[keep:]
                 batch.seqs = batch.seqs[:keep]
-                _set_back(engine, dropped, batch.is_prefill)
+                _set_back(dropped)
                 scheduler = engine.scheduler
                 scheduler.max_batch_size = max(1, min(int(scheduler.max_batch_size), keep))
                 logger.warning(
                     "out of memory during a %s step (%s); retrying with %d sequences, effective max_batch_size=%d",
-                    "prefill" if batch.is_prefill else "decode", exc, keep, scheduler.max_batch_size,
+                    "mixed" if batch.is_prefill else "decode", exc, keep, scheduler.max_batch_size,
                 )
 
 
@@ -115,14 +115,8 @@ def _release_cached_memory(engine: Any) -> None:
         torch.cuda.empty_cache()
 
 
-def _set_back(engine: Any, dropped: list[Any], is_prefill: bool) -> None:
-    """Sequences left out of the retried step: decode ones stay running untouched (their slot is
-    rewritten next step); prefill ones are requeued (a chunk still waiting just loses its schedule)."""
-    scheduler = engine.scheduler
-    for seq in reversed(dropped):
+def _set_back(dropped: list[Any]) -> None:
+    """Sequences left out of the retried step are not advanced: they stay where they are (running, with
+    their blocks) and are scheduled again next step, a decode or the same prompt chunk."""
+    for seq in dropped:
         seq.num_scheduled_tokens = 0
-        if not is_prefill:
-            continue
-        if seq in scheduler.running:
-            scheduler.running.remove(seq)
-            scheduler.preempt(seq)

@@ -1,14 +1,17 @@
-"""Continuous batching: decides, before every step, which sequences run and whether it is a prefill.
+"""Continuous batching: decides, before every step, which tokens of which sequences the step computes.
 
-Policy (same shape as nano-vllm): a step is either a prefill of waiting prompts or one decode token
-for every running sequence. Waiting prompts go first (they are admitted while running + admitted <
-`max_batch_size` and their tokens fit in `max_num_batched_tokens`; the first prompt of a step may be
-split into chunks when it alone is larger than the budget), so time to first token stays short.
+Policy (vLLM V1's, nano-vllm's shape): one step carries a decode token for every running sequence plus
+chunks of prompts, in one forward pass, within `max_num_batched_tokens` (chunked prefill), so an arriving
+prompt never stalls the running streams for a whole prefill and a long prompt never blocks a step.
+Order: running sequences first, oldest first (a decode token each, or the next chunk of a prompt that
+is being prefilled), then waiting prompts, admitted while running < `max_batch_size` and budget is
+left; the last one admitted is cut to the budget that remains. Decode tokens are always scheduled
+(they are one token each; a budget smaller than the running batch only holds prompts back).
 When a decode needs a block and none is free, the newest running sequence is preempted: its blocks
 are freed and it goes back to the front of the waiting queue to be recomputed later. Nothing crashes.
 
 `max_batch_size` and `max_num_batched_tokens` are plain attributes read every step: the knob
-controller may change them at any time.
+controller (through LLMEngine.set_limits) and the OOM guard change them between steps.
 """
 
 from __future__ import annotations
@@ -22,12 +25,18 @@ from dssidecar.engine.sequence import Sequence, SequenceStatus
 
 @dataclass
 class ScheduledBatch:
+    """The sequences of one step; each computes token_ids[num_cached_tokens : + num_scheduled_tokens]."""
+
     seqs: list[Sequence]
-    is_prefill: bool
 
     @property
     def num_tokens(self) -> int:
         return sum(seq.num_scheduled_tokens for seq in self.seqs)
+
+    @property
+    def is_prefill(self) -> bool:
+        """Some sequence computes prompt tokens (more than one token, or none cached yet)."""
+        return any(seq.num_scheduled_tokens > 1 or seq.num_cached_tokens == 0 for seq in self.seqs)
 
 
 class Scheduler:
@@ -47,49 +56,23 @@ class Scheduler:
         return bool(self.waiting or self.running)
 
     def schedule(self) -> ScheduledBatch | None:
-        batch = self._schedule_prefill()
-        if batch is not None:
-            return batch
-        return self._schedule_decode()
-
-    def _schedule_prefill(self) -> ScheduledBatch | None:
-        scheduled: list[Sequence] = []
         budget = max(1, int(self.max_num_batched_tokens))
         max_running = max(1, int(self.max_batch_size))
-        num_batched_tokens = 0
-        while self.waiting:
-            seq = self.waiting[0]
-            partially_prefilled = bool(seq.block_table)
-            if not partially_prefilled and len(self.running) >= max_running:  # admitted ones are in running
-                break
-            remaining = budget - num_batched_tokens
-            if remaining <= 0:
-                break
-            if not partially_prefilled:
-                if not self.block_manager.can_allocate(seq):
-                    break
-                num_uncached = seq.num_tokens - len(self.block_manager._cached_prefix(seq)) * self.block_manager.block_size
-                if num_uncached > remaining and scheduled:
-                    break  # only the first prompt of a step is chunked
-                self.block_manager.allocate(seq)
-            num_tokens = seq.num_tokens - seq.num_cached_tokens
-            if num_tokens > remaining and scheduled:
-                break
-            seq.num_scheduled_tokens = min(num_tokens, remaining)
-            num_batched_tokens += seq.num_scheduled_tokens
-            scheduled.append(seq)
-            if seq.num_cached_tokens + seq.num_scheduled_tokens < seq.num_tokens:
-                break  # a chunked prompt stays at the head of the queue
-            self.waiting.popleft()
-            seq.status = SequenceStatus.RUNNING
-            self.running.append(seq)
-        return ScheduledBatch(scheduled, is_prefill=True) if scheduled else None
-
-    def _schedule_decode(self) -> ScheduledBatch | None:
         scheduled: list[Sequence] = []
-        max_running = max(1, int(self.max_batch_size))
+        num_batched_tokens = 0
+        kept: list[Sequence] = []  # running sequences in their order, scheduled or waiting for budget
+        # 1. running sequences, oldest first
         while self.running and len(scheduled) < max_running:
             seq = self.running.popleft()
+            num_new = seq.num_tokens - seq.num_cached_tokens
+            if num_new > 1:  # a prompt being prefilled: its next chunk, if budget is left
+                chunk = min(num_new, budget - num_batched_tokens)
+                if chunk > 0:
+                    seq.num_scheduled_tokens = chunk
+                    num_batched_tokens += chunk
+                    scheduled.append(seq)
+                kept.append(seq)
+                continue
             while not self.block_manager.can_append(seq):
                 if self.running:
                     self.preempt(self.running.pop())  # the newest one
@@ -97,11 +80,28 @@ class Scheduler:
                     self.preempt(seq)
                     break
             else:
-                seq.num_scheduled_tokens = 1
                 self.block_manager.append_slot(seq)
+                seq.num_scheduled_tokens = 1
+                num_batched_tokens += 1
                 scheduled.append(seq)
-        self.running.extendleft(reversed(scheduled))
-        return ScheduledBatch(scheduled, is_prefill=False) if scheduled else None
+                kept.append(seq)
+        self.running.extendleft(reversed(kept))
+        # 2. waiting prompts (preempted ones first: they sit at the front)
+        while self.waiting and len(self.running) < max_running:
+            remaining = budget - num_batched_tokens
+            if remaining <= 0:
+                break
+            seq = self.waiting[0]
+            if not self.block_manager.can_allocate(seq):
+                break
+            self.block_manager.allocate(seq)
+            self.waiting.popleft()
+            seq.status = SequenceStatus.RUNNING
+            self.running.append(seq)
+            seq.num_scheduled_tokens = min(seq.num_tokens - seq.num_cached_tokens, remaining)
+            num_batched_tokens += seq.num_scheduled_tokens
+            scheduled.append(seq)
+        return ScheduledBatch(scheduled) if scheduled else None
 
     def preempt(self, seq: Sequence) -> None:
         """Free the sequence's blocks and requeue it at the front; it is recomputed when readmitted."""

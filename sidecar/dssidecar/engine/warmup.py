@@ -18,7 +18,8 @@ from dssidecar.engine.sequence import Sequence
 
 
 def warm_up_runner(runner: Any, model_config: Any, block_size: int) -> float:
-    """Run prefill (1 and 2 sequences, with and without context) and decode (1, 2, 3) on a scratch pool.
+    """Run prefill (1 and 2 sequences, with and without context), decode (1, 2, 3) and a mixed step on a
+    scratch pool.
 
     Compiles what torch.compile/TensorRT need and touches the kernels, without writing to the live pool.
     Returns the seconds it took.
@@ -42,16 +43,22 @@ def warm_up_runner(runner: Any, model_config: Any, block_size: int) -> float:
     for batch in ([seqs[0]], seqs[1:]):
         for seq in batch:
             seq.num_cached_tokens, seq.num_scheduled_tokens = 0, seq.num_tokens
-        scratch.run(batch, True)
+        scratch.run(batch)
     # prefill with context (a chunk after cached tokens)
     seqs[0].num_cached_tokens, seqs[0].num_scheduled_tokens = block_size, 3
-    scratch.run([seqs[0]], True)
+    scratch.run([seqs[0]])
     for batch_size in (1, 2, 3):
         batch = seqs[:batch_size]
         for seq in batch:
             seq.token_ids.append(1)
-            seq.num_scheduled_tokens = 1
-        scratch.run(batch, False)
+            seq.num_cached_tokens, seq.num_scheduled_tokens = seq.num_tokens - 1, 1
+        scratch.run(batch)
+    # a mixed step: one prompt chunk and two decode tokens in one forward pass
+    seqs[2].num_cached_tokens, seqs[2].num_scheduled_tokens = 0, seqs[2].num_tokens
+    for seq in seqs[:2]:
+        seq.token_ids.append(1)
+        seq.num_cached_tokens, seq.num_scheduled_tokens = seq.num_tokens - 1, 1
+    scratch.run(seqs)
     if runner.device.type == "cuda":
         torch.cuda.synchronize(runner.device)
     return time.perf_counter() - started

@@ -14,6 +14,9 @@ Three shapes of step:
   is "key position <= query position".
 - decode: one query per sequence; keys gathered from the pool by block table, masked by length. The
   GQA query heads that share a KV head are folded into SDPA's query-length axis, so no K/V repeat.
+- mixed (continuous batching as vLLM V1 does it): prompt chunks and decode tokens in one step; the
+  linear layers see all tokens packed, attention runs the prefill shape on the first
+  `num_prefill_tokens` and the decode shape on the rest.
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ class AttentionMetadata:
     # decode only: rows [start, end) sorted by context length, each with its own (narrower) block
     # tables and mask, so short sequences do not pay for the longest one's padding
     decode_groups: list[tuple[int, int, torch.Tensor, torch.Tensor]] | None = None
+    # a mixed step (is_prefill with decode_groups): tokens [0, num_prefill_tokens) are prompt chunks
+    # described by the prefill fields, the rest one decode token per sequence described by decode_groups
+    num_prefill_tokens: int | None = None
 
     @property
     def reads_pool(self) -> bool:
@@ -72,26 +78,44 @@ def paged_attention(
     scale: float,
 ) -> torch.Tensor:
     """q [T, heads, head_dim], k/v [T, kv_heads, head_dim] -> attention output [T, heads * head_dim]."""
+    write_kv(kv_layer, meta.slot_mapping, k, v)
+    if not meta.is_prefill:
+        return _decode_attention(q, kv_layer, meta, scale)
+    split = meta.num_prefill_tokens
+    if split is None or meta.decode_groups is None:
+        return _prefill_attention(q, k, v, kv_layer, meta, scale)
+    # a mixed step: prompt chunks first, then one decode token per running sequence
+    num_tokens, num_heads, head_dim = q.shape
+    out = q.new_empty(num_tokens, num_heads * head_dim)
+    out[:split] = _prefill_attention(q[:split], k[:split], v[:split], kv_layer, meta, scale)
+    out[split:] = _decode_attention(q[split:], kv_layer, meta, scale)
+    return out
+
+
+def _decode_attention(q: torch.Tensor, kv_layer: torch.Tensor, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+    """One query per sequence; keys from the pool, masked by length. The query heads sharing a KV head
+    are folded into SDPA's query axis: [B, kv_heads, group, head_dim], so no K/V repeat."""
+    num_tokens, num_heads, head_dim = q.shape
+    num_kv_heads = kv_layer.shape[3]
+    group = num_heads // num_kv_heads
+    q4 = q.view(num_tokens, num_kv_heads, group, head_dim)
+    if meta.decode_groups is None:
+        keys, values = gather_kv(kv_layer, meta.block_tables)  # type: ignore[arg-type]
+        out = F.scaled_dot_product_attention(q4, keys, values, attn_mask=meta.attn_mask, scale=scale)
+        return out.reshape(num_tokens, num_heads * head_dim)
+    out = q4.new_empty(q4.shape)
+    for start, end, block_tables, attn_mask in meta.decode_groups:
+        keys, values = gather_kv(kv_layer, block_tables)
+        out[start:end] = F.scaled_dot_product_attention(q4[start:end], keys, values, attn_mask=attn_mask, scale=scale)
+    return out.view(num_tokens, num_heads * head_dim)
+
+
+def _prefill_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_layer: torch.Tensor, meta: AttentionMetadata, scale: float
+) -> torch.Tensor:
     num_tokens, num_heads, head_dim = q.shape
     num_kv_heads = k.shape[1]
     group = num_heads // num_kv_heads
-    write_kv(kv_layer, meta.slot_mapping, k, v)
-
-    if not meta.is_prefill:
-        # decode: fold the heads sharing a KV head into the query axis: [B, kv_heads, group, head_dim]
-        q4 = q.view(num_tokens, num_kv_heads, group, head_dim)
-        if meta.decode_groups is None:
-            keys, values = gather_kv(kv_layer, meta.block_tables)  # type: ignore[arg-type]
-            out = F.scaled_dot_product_attention(q4, keys, values, attn_mask=meta.attn_mask, scale=scale)
-            return out.reshape(num_tokens, num_heads * head_dim)
-        out = q4.new_empty(q4.shape)
-        for start, end, block_tables, attn_mask in meta.decode_groups:
-            keys, values = gather_kv(kv_layer, block_tables)
-            out[start:end] = F.scaled_dot_product_attention(
-                q4[start:end], keys, values, attn_mask=attn_mask, scale=scale
-            )
-        return out.view(num_tokens, num_heads * head_dim)
-
     batch, max_len = meta.num_seqs, meta.max_query_len
     if not meta.reads_pool:
         # fresh prompts: one causal SDPA per sequence over its slice of the packed tokens ("varlen");

@@ -140,3 +140,69 @@ def test_prefix_cache_hits_do_not_change_the_output(qwen2_checkpoint_dir: Path) 
     assert warm == cold
     model = hf_model(qwen2_checkpoint_dir)
     assert warm[1] == hf_greedy(model, prompts[1], 10)
+
+
+def run_staggered(engine: LLMEngine, prompts: list[list[int]], lengths: list[int], arrive_at: list[int]) -> tuple[list[list[int]], int]:
+    """Add prompt i before step arrive_at[i] (so new prompts land while others decode); run to the end.
+    Returns each request's tokens and the number of steps that mixed prompt chunks with decode tokens."""
+    real_run = engine.runner.run
+    mixed_steps = 0
+
+    def counting_run(seqs: list[Sequence], *args: object) -> list[int]:
+        nonlocal mixed_steps
+        decode_rows = sum(1 for seq in seqs if engine.runner.is_decode_row(seq))
+        mixed_steps += 0 < decode_rows < len(seqs)
+        return real_run(seqs)
+
+    engine.runner.run = counting_run  # type: ignore[method-assign]
+    results: dict[str, list[int]] = {}
+    step = 0
+    while step == 0 or engine.has_unfinished_requests() or len(results) < len(prompts):
+        for i, at in enumerate(arrive_at):
+            if at == step:
+                engine.add_request(f"m{i}", prompts[i], SamplingParams(max_tokens=lengths[i], temperature=0.0, ignore_eos=True))
+                results[f"m{i}"] = []
+        for output in engine.step():
+            results[output.request_id].extend(output.token_ids)
+        step += 1
+    return [results[f"m{i}"] for i in range(len(prompts))], mixed_steps
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"max_num_batched_tokens": 16},  # prompts chunked beside the running decodes
+        {"kv_cache_blocks": 26, "enable_prefix_caching": False, "max_num_batched_tokens": 24},  # preemption
+    ],
+    ids=["mixed", "mixed-chunked", "mixed-preempting"],
+)
+def test_greedy_output_equals_hf_generate_in_mixed_prefill_decode_steps(
+    qwen2_checkpoint_dir: Path, overrides: dict[str, object]
+) -> None:
+    engine = make_engine(qwen2_checkpoint_dir, **overrides)
+    model = hf_model(qwen2_checkpoint_dir)
+    assert engine.tokenizer is not None
+    prompts = [engine.tokenizer.encode(text) for text in PROMPTS]
+    lengths = [20, 9, 31, 12]
+    ours, mixed_steps = run_staggered(engine, prompts, lengths, arrive_at=[0, 2, 5, 9])
+    assert mixed_steps > 0  # prompt chunks really ran in the same forward pass as decode tokens
+    for prompt, n, got in zip(prompts, lengths, ours, strict=True):
+        assert got == hf_greedy(model, prompt, n)
+    if "kv_cache_blocks" in overrides:
+        assert engine.scheduler.num_preemptions_total > 0
+    assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
+
+
+def test_prefix_hits_in_mixed_steps_equal_hf_generate(qwen2_checkpoint_dir: Path) -> None:
+    engine = make_engine(qwen2_checkpoint_dir, max_num_batched_tokens=20)
+    model = hf_model(qwen2_checkpoint_dir)
+    assert engine.tokenizer is not None
+    shared = engine.tokenizer.encode("You are a helpful assistant. " * 4)
+    prompts = [shared + engine.tokenizer.encode(tail) for tail in ("Say hi.", "Count to three.", "Name a colour.")]
+    hits_before = engine.block_manager.prefix_cache_hit_tokens_total
+    ours, mixed_steps = run_staggered(engine, prompts, [16, 10, 10], arrive_at=[0, 6, 9])
+    assert mixed_steps > 0
+    assert engine.block_manager.prefix_cache_hit_tokens_total - hits_before >= 2 * 8 * (len(shared) // 8 - 1)
+    for prompt, got in zip(prompts, ours, strict=True):
+        assert got == hf_greedy(model, prompt, len(got)) and got

@@ -1,4 +1,4 @@
-"""Scheduler admission limits, chunking, decode batching and preemption, without a model.
+"""Scheduler admission limits, chunking, mixed prefill+decode steps and preemption, without a model.
 
 `simulate_step` stands in for the runner + postprocess: it marks scheduled tokens computed and appends
 one token to sequences that completed their prompt, as LLMEngine does.
@@ -27,8 +27,8 @@ def simulate_step(scheduler: Scheduler, batch: ScheduledBatch) -> list[Sequence]
         seq.num_cached_tokens += seq.num_scheduled_tokens
         seq.num_scheduled_tokens = 0
         scheduler.block_manager.register_full_blocks(seq)
-        if batch.is_prefill and seq.num_cached_tokens < seq.num_tokens:
-            continue
+        if seq.num_cached_tokens < seq.num_tokens:
+            continue  # a prompt chunk that does not end the prompt: no token yet
         seq.token_ids.append(7)
         if seq.num_completion_tokens >= seq.params.max_tokens:
             scheduler.finish(seq)
@@ -54,7 +54,9 @@ def test_prefill_tokens_per_step_stay_within_budget() -> None:
         scheduler.add(make_seq(8, f"r{i}"))
     batch = scheduler.schedule()
     assert batch is not None and batch.is_prefill
-    assert batch.num_tokens <= 20 and len(batch.seqs) == 2
+    # two whole prompts and a chunk of the third fill the budget exactly; the rest wait
+    assert batch.num_tokens == 20 and [s.num_scheduled_tokens for s in batch.seqs] == [8, 8, 4]
+    assert len(scheduler.waiting) == 3
 
 
 def test_a_prompt_longer_than_the_budget_is_prefilled_in_chunks() -> None:
@@ -62,7 +64,7 @@ def test_a_prompt_longer_than_the_budget_is_prefilled_in_chunks() -> None:
     seq = make_seq(40, "long")
     scheduler.add(seq)
     chunks = []
-    while seq.status is SequenceStatus.WAITING:
+    while seq.num_completion_tokens == 0:
         batch = scheduler.schedule()
         assert batch is not None and batch.is_prefill and batch.num_tokens <= 16
         chunks.append(batch.num_tokens)
@@ -79,8 +81,9 @@ def test_knob_changes_apply_on_the_next_step() -> None:
     assert first is not None and len(first.seqs) == 1
     simulate_step(scheduler, first)
     scheduler.max_batch_size = 4
-    second = scheduler.schedule()
-    assert second is not None and second.is_prefill and len(second.seqs) == 3
+    second = scheduler.schedule()  # one mixed step: r0's decode token and the three waiting prompts
+    assert second is not None and second.is_prefill and [s.request_id for s in second.seqs] == ["r0", "r1", "r2", "r3"]
+    assert [s.num_scheduled_tokens for s in second.seqs] == [1, 4, 4, 4]
 
 
 def test_preempts_the_newest_running_sequence_when_blocks_run_out_and_all_finish() -> None:
@@ -112,14 +115,31 @@ def test_a_preempted_sequence_is_requeued_at_the_front() -> None:
     assert batch is not None
     simulate_step(scheduler, batch)  # a, b hold 1 block each and now need a second
     scheduler.add(c)
-    batch = scheduler.schedule()  # c takes the last block
-    assert batch is not None and batch.seqs == [c]
-    simulate_step(scheduler, batch)
-    batch = scheduler.schedule()  # decode: a needs a block -> the newest (c) is preempted; b then too
+    batch = scheduler.schedule()  # running first: a takes the last block, b finds none and is preempted
     assert batch is not None and not batch.is_prefill and batch.seqs == [a]
-    assert c.status is SequenceStatus.WAITING and c in scheduler.waiting and not c.block_table
-    assert list(scheduler.waiting) == [b, c]  # requeued at the front, oldest first
-    assert c.num_preemptions == 1 and b.num_preemptions == 1 and a.num_preemptions == 0
+    assert b.status is SequenceStatus.WAITING and not b.block_table
+    assert list(scheduler.waiting) == [b, c]  # requeued at the front, before the newer prompt
+    assert b.num_preemptions == 1 and a.num_preemptions == 0 and c.num_preemptions == 0
+
+
+def test_running_decodes_and_a_new_prompt_share_one_step() -> None:
+    """A prompt arriving while others decode is computed in the same step (chunked to the budget that
+    the decodes leave), so it neither waits for them nor stalls them."""
+    scheduler = Scheduler(BlockManager(1000, BLOCK, enable_prefix_caching=False), max_batch_size=8, max_num_batched_tokens=12)
+    running = [make_seq(4, f"d{i}", max_tokens=50) for i in range(3)]
+    for seq in running:
+        scheduler.add(seq)
+    simulate_step(scheduler, scheduler.schedule())  # type: ignore[arg-type]
+    long_prompt = make_seq(30, "long")
+    scheduler.add(long_prompt)
+    steps = []
+    while long_prompt.num_completion_tokens == 0:
+        batch = scheduler.schedule()
+        assert batch is not None
+        steps.append([(s.request_id, s.num_scheduled_tokens) for s in batch.seqs])
+        simulate_step(scheduler, batch)
+    decodes = [("d0", 1), ("d1", 1), ("d2", 1)]
+    assert steps == [decodes + [("long", 9)], decodes + [("long", 9)], decodes + [("long", 9)], decodes + [("long", 3)]]
 
 
 @settings(max_examples=60, deadline=None)
@@ -148,10 +168,9 @@ def test_random_workloads_respect_limits_and_finish(
         if batch is None:
             break
         assert len(scheduler.running) <= max_batch_size
-        if batch.is_prefill:
-            assert batch.num_tokens <= budget
-        else:
-            assert len(batch.seqs) <= max_batch_size
+        assert len(batch.seqs) <= max_batch_size
+        # decode tokens always run; prompt tokens only fill what the budget leaves
+        assert batch.num_tokens <= max(budget, len(batch.seqs))
         done += simulate_step(scheduler, batch)
         manager.check_invariants(list(scheduler.running) + [s for s in scheduler.waiting if s.block_table])
     assert len(done) == len(seqs)
