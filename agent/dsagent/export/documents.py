@@ -59,9 +59,16 @@ class Document:
         return self.encoded
 
 
+def _length_prefixed(parts: Iterable[str]) -> str:
+    """An injective encoding of a sequence of strings: each as `<length>:<text>` (a netstring without the
+    trailer), so no text, whatever characters it holds, can shift into the next part."""
+    return "".join(f"{len(part)}:{part}" for part in parts)
+
+
 def deterministic_id(*parts: str) -> str:
-    """128-bit hex id from the parts; equal parts always give the equal id."""
-    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
+    """128-bit hex id from the parts; equal parts always give the equal id, different parts a different one
+    (up to a hash collision)."""
+    return hashlib.sha256(_length_prefixed(parts).encode()).hexdigest()[:32]
 
 
 @lru_cache(maxsize=256)  # every point of one collection shares its timestamp
@@ -93,8 +100,8 @@ def metric_dataset(metric_name: str) -> str:
 
 
 def _series_key(attributes: Mapping[str, Any]) -> str:
-    """Canonical text of a label set: sorted, with separators that cannot occur in the text by accident."""
-    return "\x1e".join(f"{k}\x1d{v}" for k, v in sorted((str(k), str(v)) for k, v in attributes.items()))
+    """Canonical text of a label set: sorted pairs, length-prefixed, so label text cannot collide."""
+    return _length_prefixed(part for pair in sorted((str(k), str(v)) for k, v in attributes.items()) for part in pair)
 
 
 def _identity_attributes(resource_attributes: Mapping[str, Any]) -> dict[str, Any]:

@@ -17,8 +17,19 @@ def test_same_parts_give_the_same_id_and_any_change_gives_another() -> None:
 
 @given(st.lists(st.text(max_size=10), min_size=1, max_size=5), st.lists(st.text(max_size=10), min_size=1, max_size=5))
 def test_ids_do_not_collide_by_shifting_text_between_parts(a: list[str], b: list[str]) -> None:
-    if a != b:
-        assert deterministic_id(*a) != deterministic_id(*b) or "\x1f".join(a) == "\x1f".join(b)
+    if a != b:  # whatever the parts hold (separators included), different parts give different ids
+        assert deterministic_id(*a) != deterministic_id(*b)
+
+
+def test_ids_with_separator_characters_in_parts_are_distinct() -> None:
+    assert deterministic_id("a\x1fb", "c") != deterministic_id("a", "b\x1fc")
+    assert deterministic_id("a", "") != deterministic_id("a")
+
+
+def test_label_values_holding_the_old_separators_give_distinct_series() -> None:
+    from dsagent.export.documents import _series_key
+
+    assert _series_key({"a": "1\x1eb\x1d2"}) != _series_key({"a": "1", "b": "2"})
 
 
 def test_iso_timestamp_keeps_microseconds_in_utc() -> None:

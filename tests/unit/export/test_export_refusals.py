@@ -74,6 +74,9 @@ def test_otlp_auth_and_not_found_are_retried_and_surfaced_never_dead_lettered(tm
             time.sleep(0.01)
         assert telemetry.stats()["otlp.refused_retries"] >= 2
         assert telemetry.force_flush(10)  # the collector came back: everything arrives
+        deadline = time.monotonic() + 5  # the counter follows the acknowledgement by a moment
+        while telemetry.stats()["otlp.sent_documents"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
         stats = telemetry.stats()
         assert stats["otlp.dead_lettered_documents"] == 0 and stats["otlp.sent_documents"] >= 1
         assert telemetry.destination_status()["otlp"]["state"] == "ok"
