@@ -126,7 +126,7 @@ def test_notify_sends_alertmanager_v4_firing_then_resolved() -> None:
     dispatcher = dispatcher_for(NotifyActuator(NotifyConfig(url="http://am/hook"), transport=transport))
     reason = Reason("rule", rule="HighP99", value=2.5, labels={"severity": "page"})
     fired = submit(dispatcher, {"notify": {}}, reason, extra_params={"annotations": {"summary": "p99 high"},
-                                                                   "active_since_seconds": 30.0})
+                                                                   "active_since_seconds": 1_700_000_000.0})
     resolved = submit(dispatcher, {"notify": {}, "on": "resolved"}, reason, state="resolved")
     assert fired.status == resolved.status == "applied"
     first, second = (json.loads(r.content) for r in seen)
@@ -134,6 +134,7 @@ def test_notify_sends_alertmanager_v4_firing_then_resolved() -> None:
     alert = first["alerts"][0]
     assert alert["labels"] == {"alertname": "HighP99", "severity": "page"}
     assert alert["annotations"]["summary"] == "p99 high" and alert["endsAt"] == "0001-01-01T00:00:00Z"
+    assert alert["startsAt"] == "2023-11-14T22:13:20Z"
     assert first["groupLabels"] == {"alertname": "HighP99"} and first["groupKey"] == '{}:{alertname="HighP99"}'
     assert second["status"] == "resolved" and second["alerts"][0]["endsAt"] != "0001-01-01T00:00:00Z"
 

@@ -34,8 +34,8 @@ def alertmanager_payload(decision: Decision, *, receiver: str = "dsagent", exter
     annotations = {str(k): str(v) for k, v in (decision.params.get("annotations") or {}).items()}
     if reason.value is not None:
         annotations.setdefault("value", f"{reason.value:.6g}")
-    active_since = decision.params.get("active_since_seconds")
-    starts = decision.at_seconds - float(active_since) if isinstance(active_since, int | float) else decision.at_seconds
+    active_since = decision.params.get("active_since_seconds")  # RuleEvent: when it first became pending
+    starts = float(active_since) if isinstance(active_since, int | float) else decision.at_seconds
     fingerprint = hashlib.sha256(json.dumps(sorted(labels.items())).encode()).hexdigest()[:16]
     alert = {
         "status": status,
