@@ -9,7 +9,6 @@ a `range`, every field a column reads an `exists`.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Iterator
@@ -19,10 +18,10 @@ import httpx
 import pytest
 from dsagent.app import Agent
 from dsagent.config import load_config
-from dsagent.dashboards import catalog, check
-from dsagent.dashboards.lens import LAYER_REFERENCE_PREFIX
+from dsagent.dashboards import catalog
 
 from tests.conftest import REPO_ROOT, free_port
+from tests.dashboard_queries import count, lens_panels, metric_names, value_columns
 from tests.fakes.elasticsearch import FakeElasticsearch
 
 FAKES = REPO_ROOT / "tests" / "fakes"
@@ -30,7 +29,6 @@ TRACE = REPO_ROOT / "tests" / "fixtures" / "nvml" / "two_gpu_trace.jsonl"
 KNOB_METRICS = ('# TYPE dssidecar_knob_value gauge\n'
                 'dssidecar_knob_value{knob="max_batch_size"} 8.0\n'
                 'dssidecar_knob_value{knob="kv_cache_blocks"} 512.0\n')
-OPERATORS = {">=": "gte", ">": "gt", "<=": "lte", "<": "lt"}
 
 
 def otlp_request_logs(count: int) -> dict[str, Any]:
@@ -104,79 +102,24 @@ def shipped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeElasticsea
 
 
 def _all_metrics_arrived(cluster: FakeElasticsearch) -> bool:
-    return all(_count(cluster, "metrics-dsagent.*", {"bool": {"filter": [q]}}) > 0 for q in _metric_terms()) and \
-        _count(cluster, "logs-dsagent.requests-*", None) >= 20 and _count(cluster, "logs-dsagent.actions-*", None) >= 3
+    return all(count(cluster.url, "metrics-dsagent.*", {"term": {"metric.name": name}}) > 0
+               for name in metric_names()) and \
+        count(cluster.url, "logs-dsagent.requests-*", None) >= 20 and \
+        count(cluster.url, "logs-dsagent.actions-*", None) >= 6
 
 
-def _metric_terms() -> list[dict[str, Any]]:
-    names = set()
-    for panel in _lens_panels():
-        for layer in panel["layers"]:
-            for column in layer["columns"].values():
-                for field, _op, value in check.parse_kql((column.get("filter") or {}).get("query", "")):
-                    if field == "metric.name":
-                        names.add(value)
-    return [{"term": {"metric.name": name}} for name in sorted(names)]
-
-
-def _count(cluster: FakeElasticsearch, pattern: str, query: dict[str, Any] | None) -> int:
-    response = httpx.post(f"{cluster.url}/{pattern}/_count", json={"query": query or {"match_all": {}}}, timeout=10)
-    if response.status_code == 404:
-        return 0
-    response.raise_for_status()
-    return int(response.json()["count"])
-
-
-def _lens_panels() -> list[dict[str, Any]]:
-    """(dashboard, title, [(data view pattern, layer)]) for every Lens panel of the packaged dashboards."""
-    objects = catalog.saved_objects()
-    views = {obj["id"]: obj["attributes"]["title"] for obj in objects if obj["type"] == "index-pattern"}
-    panels = []
-    for board in (obj for obj in objects if obj["type"] == "dashboard"):
-        refs = {ref["name"]: ref["id"] for ref in board["references"]}
-        for panel in json.loads(board["attributes"]["panelsJSON"]):
-            if panel["type"] != "lens":
-                continue
-            layers = panel["embeddableConfig"]["attributes"]["state"]["datasourceStates"]["formBased"]["layers"]
-            panels.append({"id": f"{board['id']}: {panel['title']}", "layers": [
-                {"pattern": views[refs[f"{panel['panelIndex']}:{LAYER_REFERENCE_PREFIX}{layer_id}"]], **layer}
-                for layer_id, layer in layers.items()]})
-    return panels
-
-
-def _column_query(column: dict[str, Any], bucket_fields: list[str]) -> dict[str, Any]:
-    filters: list[dict[str, Any]] = []
-    for field, op, value in check.parse_kql((column.get("filter") or {}).get("query", "")):
-        if op == ":":
-            filters.append({"exists": {"field": field}} if value == "*" else {"term": {field: value}})
-        else:
-            filters.append({"range": {field: {OPERATORS[op]: value}}})
-    source = column.get("sourceField")
-    fields = bucket_fields + ([source] if source and source != "___records___" else [])
-    filters += [{"exists": {"field": field}} for field in fields]
-    return {"bool": {"filter": filters}}
-
-
-PANELS = _lens_panels()
+PANELS = lens_panels()
 
 
 @pytest.mark.parametrize("panel", PANELS, ids=[panel["id"] for panel in PANELS])
 def test_every_value_column_of_the_panel_selects_documents(shipped: FakeElasticsearch, panel: dict[str, Any]) -> None:
-    checked = 0
-    for layer in panel["layers"]:
-        columns = layer["columns"]
-        buckets = [field for column in columns.values() if column.get("isBucketed")
-                   for field in [column["sourceField"], *column.get("params", {}).get("secondaryFields", [])]]
-        for column_id, column in columns.items():
-            if column.get("isBucketed") or column["operationType"] in ("formula", "math", "static_value"):
-                continue
-            query = _column_query(column, buckets)
-            assert _count(shipped, layer["pattern"], query) > 0, \
-                f"{panel['id']} column {column_id} ({column['label']}) has no documents: {query}"
-            checked += 1
-    assert checked > 0
+    columns = value_columns(panel)
+    assert columns
+    for layer, column, query in columns:
+        assert count(shipped.url, layer["pattern"], query) > 0, \
+            f"{panel['id']} column {column['label']!r} has no documents: {query}"
 
 
 def test_decision_log_columns_have_documents(shipped: FakeElasticsearch) -> None:
     for column in catalog.DECISION_COLUMNS:
-        assert _count(shipped, "logs-dsagent.actions-*", {"exists": {"field": column}}) >= 3, column
+        assert count(shipped.url, "logs-dsagent.actions-*", {"exists": {"field": column}}) >= 6, column
