@@ -134,10 +134,22 @@ def check_agent_api(config: AgentConfig, client: httpx.Client) -> CheckResult:
     except httpx.HTTPError:
         return CheckResult("agent api", "warn", f"no agent answers at {url}", "start it: dsagent run "
                            "(or systemctl start dsagent)")
-    if response.status_code == 200:
-        return _ok("agent api", f"{url}/healthz answered 200")
-    return CheckResult("agent api", "fail", f"{url}/healthz answered {response.status_code}",
-                       "read the agent's log (journalctl -u dsagent) for the failing part")
+    if response.status_code != 200:
+        return CheckResult("agent api", "fail", f"{url}/healthz answered {response.status_code}",
+                           "read the agent's log (journalctl -u dsagent) for the failing part")
+    try:
+        ready = client.get(f"{url}/readyz")
+    except httpx.HTTPError:
+        ready = None
+    if ready is not None and ready.status_code == 503:
+        try:
+            stale = "; ".join(ready.json().get("stale", [])) or "not ready"
+        except ValueError:
+            stale = "not ready"
+        return CheckResult("agent api", "warn", f"{url} is alive but not ready: {stale}",
+                           "fix the stale source named (engine: the engine line; gpu: the nvml line)")
+    readiness = ", /readyz 200" if ready is not None and ready.status_code == 200 else ""
+    return _ok("agent api", f"{url}/healthz answered 200{readiness}")
 
 
 def check_elasticsearch(config: AgentConfig) -> CheckResult:

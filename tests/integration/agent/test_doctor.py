@@ -17,6 +17,7 @@ from dsagent.cli import app
 from dsagent.config import load_config
 from dsagent.doctor import (
     KibanaTarget,
+    check_agent_api,
     check_elasticsearch,
     check_engine,
     check_gpu_control,
@@ -38,16 +39,20 @@ from scripted_nvml import ScriptedNvml, full_h100_values  # noqa: E402
 
 
 class _Engine:
-    """/readyz answering `status`."""
+    """/readyz answering `status` (and any other path from `routes`: path -> (status, JSON body))."""
 
-    def __init__(self, status: int) -> None:
-        status_code = status
+    def __init__(self, status: int, routes: dict[str, tuple[int, dict[str, Any]]] | None = None) -> None:
+        answers = {"/readyz": (status, {}), **(routes or {})}
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802
-                self.send_response(status_code if self.path == "/readyz" else 404)
-                self.send_header("Content-Length", "0")
+                code, body = answers.get(self.path, (404, {}))
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
+                self.wfile.write(data)
 
             def log_message(self, *args: Any) -> None:
                 return
@@ -106,6 +111,34 @@ def test_engine_ready_loading_and_unreachable(tmp_path: Path, engine_ready: _Eng
         builtin = check_engine(config_for(tmp_path, **{"engine.port": int(loading_engine.url.rsplit(":", 1)[1])}),
                                client)
         assert builtin.status == "warn" and "dsagent run" in builtin.fix
+
+
+def test_agent_api_alive_ready_and_not_ready(tmp_path: Path) -> None:
+    import httpx
+
+    stale = {"status": "not ready", "ready": False, "stale": ["engine: no good reading for 42 s (bound 30 s)"]}
+    for readyz, expected in (((200, {"ready": True}), "ok"), ((503, stale), "warn"), ((404, {}), "ok")):
+        agent = _Engine(readyz[0], {"/healthz": (200, {"status": "ok"}), "/readyz": readyz})
+        try:
+            port = int(agent.url.rsplit(":", 1)[1])
+            with httpx.Client(timeout=2) as client:
+                result = check_agent_api(config_for(tmp_path, **{"server.port": port}), client)
+        finally:
+            agent.stop()
+        assert result.status == expected, result
+    assert "engine: no good reading" in _last_warn(tmp_path, stale)
+
+
+def _last_warn(tmp_path: Path, body: dict[str, Any]) -> str:
+    import httpx
+
+    agent = _Engine(503, {"/healthz": (200, {}), "/readyz": (503, body)})
+    try:
+        with httpx.Client(timeout=2) as client:
+            return check_agent_api(config_for(tmp_path, **{"server.port": int(agent.url.rsplit(":", 1)[1])}),
+                                   client).detail
+    finally:
+        agent.stop()
 
 
 def test_elasticsearch_reachable_and_unreachable(tmp_path: Path) -> None:
