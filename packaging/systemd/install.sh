@@ -94,7 +94,7 @@ if [ "$VENV" -eq 1 ]; then
     say "created $ROOT/opt/dsagent"
   fi
   target="$SOURCE"
-  [ "$WITH_SIDECAR" -eq 1 ] && target="$SOURCE[sidecar]"
+  if [ "$WITH_SIDECAR" -eq 1 ]; then target="${SOURCE}[sidecar]"; fi
   "$ROOT/opt/dsagent/bin/python" -m pip install --quiet --upgrade "$target"
   say "dsagent installed in $ROOT/opt/dsagent ($("$ROOT/opt/dsagent/bin/dsagent" --help >/dev/null && echo ok))"
 else

@@ -114,6 +114,13 @@ def test_install_script_is_idempotent_and_keeps_operator_config(tmp_path: Path) 
     assert not (units / "dsagent.service.d").exists()
 
 
+def test_install_script_passes_shellcheck() -> None:
+    tool = require_tool("shellcheck", (VENV_BIN,))
+    result = subprocess.run([tool, "--severity=style", str(SYSTEMD / "install.sh")], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stdout
+
+
 def test_install_script_refuses_unknown_options() -> None:
     result = subprocess.run(["bash", str(SYSTEMD / "install.sh"), "--bogus"], capture_output=True, text=True)
     assert result.returncode == 2 and "unknown option --bogus" in result.stderr
