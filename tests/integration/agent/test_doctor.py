@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 from collections.abc import Iterator
@@ -217,3 +218,21 @@ def test_cli_prints_one_line_per_check_and_exits_1_on_a_fail(tmp_path: Path) -> 
     bad.write_text("engine:\n  port: lots\n")
     invalid = runner.invoke(app, ["doctor", "--config", str(bad)])
     assert invalid.exit_code == 1 and "fail  config" in invalid.stdout and "engine.port" in invalid.stdout
+
+
+@pytest.mark.live
+@pytest.mark.skipif(not os.environ.get("DSAGENT_TEST_ES_URL"), reason="DSAGENT_TEST_ES_URL not set")
+def test_elasticsearch_check_against_a_real_cluster(tmp_path: Path) -> None:
+    overrides: dict[str, Any] = {"export.elasticsearch.url": os.environ["DSAGENT_TEST_ES_URL"]}
+    if os.environ.get("DSAGENT_TEST_ES_API_KEY"):
+        overrides["export.elasticsearch.api_key"] = os.environ["DSAGENT_TEST_ES_API_KEY"]
+    result = check_elasticsearch(config_for(tmp_path, **overrides))
+    assert result.status == "ok", result
+
+
+@pytest.mark.live
+@pytest.mark.skipif(not os.environ.get("DSAGENT_TEST_KIBANA_URL"), reason="DSAGENT_TEST_KIBANA_URL not set")
+def test_kibana_check_against_a_real_kibana() -> None:
+    result = check_kibana(KibanaTarget(os.environ["DSAGENT_TEST_KIBANA_URL"],
+                                       api_key=os.environ.get("DSAGENT_TEST_KIBANA_API_KEY")))
+    assert result.status == "ok", result
