@@ -111,11 +111,12 @@ def test_time_accepts_rfc3339(store: TimeSeriesStore) -> None:
     assert data["result"][0]["value"] == [NOW - 60, format_value(0.5 + 60 / 1000)]
 
 
-def test_range_selector_in_an_instant_query_is_a_left_open_matrix(store: TimeSeriesStore) -> None:
+def test_range_selector_in_an_instant_query_is_a_closed_matrix(store: TimeSeriesStore) -> None:
     data = ok(client_for(store).get("/api/v1/query", params={"query": 'dsagent_gpu_utilization_ratio{gpu_index="0"}[10s]'}))
     assert data["resultType"] == "matrix"
     [series] = data["result"]
-    assert [t for t, _ in series["values"]] == [NOW - 9 + i for i in range(10)]  # (NOW-10, NOW]
+    # [NOW-10, NOW], both ends included: Prometheus 2.x (the promtool 2.42 the rules suite is proven against)
+    assert [t for t, _ in series["values"]] == [NOW - 10 + i for i in range(11)]
     assert {v for _, v in series["values"]} == {"0.25"}
 
 
