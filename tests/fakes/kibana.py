@@ -11,13 +11,17 @@ credentials when `api_key`/`basic` are set (401), an unknown space (404), an imp
 multipart with a `file` part (415/400). Import checks each object's references against the file and
 the space's stored objects (`missing_references`) and reports `conflict` for existing ids when overwrite is
 false, with `successResults` / `errors` shaped like Kibana's. Every request is recorded for assertions.
+
+    python -m tests.fakes.kibana --port P [--api-key KEY]      # separate process, prints its URL when ready
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
 import json
 import threading
+import time
 from dataclasses import dataclass, field
 from email.parser import BytesParser
 from email.policy import HTTP
@@ -41,13 +45,13 @@ class RecordedRequest:
 
 class FakeKibana:
     def __init__(self, api_key: str | None = None, basic: tuple[str, str] | None = None,
-                 spaces: tuple[str, ...] = ("default",)) -> None:
+                 spaces: tuple[str, ...] = ("default",), port: int = 0) -> None:
         self.api_key = api_key
         self.basic = basic
         self.spaces = set(spaces)
         self.objects: dict[str, dict[tuple[str, str], dict[str, Any]]] = {space: {} for space in spaces}
         self.requests: list[RecordedRequest] = []
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), _handler_for(self))
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
@@ -236,3 +240,22 @@ def _handler_for(kibana: FakeKibana) -> type[BaseHTTPRequestHandler]:
             self._error(404, "Not Found", "Not Found")
 
     return Handler
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="fake Kibana saved-objects API on 127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--api-key", default=None)
+    parser.add_argument("--space", action="append", default=[])
+    args = parser.parse_args(argv)
+    kibana = FakeKibana(api_key=args.api_key, spaces=("default", *args.space), port=args.port).start()
+    print(kibana.url, flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        kibana.stop()
+
+
+if __name__ == "__main__":
+    main()
