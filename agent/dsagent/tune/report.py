@@ -4,7 +4,7 @@ best profile as profile.yaml, all in the output directory.
 Why these plots: "did the search converge" (objective per trial over time with the best-so-far line), "what
 does the trade-off look like" (the Pareto front of throughput vs p99 latency, feasible trials only), "which
 knob moves latency and throughput" (p99 vs throughput coloured by a knob) and "which knobs matter"
-(optuna's fANOVA parameter importances). The HTML embeds the PNGs so it can be mailed as one file.
+(optuna's PED-ANOVA parameter importances). The HTML embeds the PNGs so it can be mailed as one file.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import base64
 import html
 import json
 import math
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -155,18 +156,23 @@ def plot_latency_vs_throughput(records: list[dict[str, Any]], dimensions: Sequen
 
 
 def importances(study: optuna.Study, settings: TuneSettings) -> tuple[dict[str, float], str]:
-    """fANOVA importances of each knob for the primary objective, or ({}, why not)."""
+    """PED-ANOVA importances of each knob for the primary objective, or ({}, why not)."""
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
     if len(complete) < 2:
         return {}, "needs at least 2 completed trials"
     values = {t.values[0] for t in complete if t.values}
     if len(values) < 2:
         return {}, "every completed trial has the same value"
+    # PED-ANOVA (optuna's own, no scikit-learn) scores how much each knob matters for reaching the good
+    # end of the objective; it looks for low values, so a maximized objective is negated.
+    sign = -1.0 if settings.directions()[0] == "maximize" else 1.0
     try:
-        evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
-        return dict(optuna.importance.get_param_importances(study, evaluator=evaluator,
-                                                            target=lambda t: t.values[0])), ""
-    except (RuntimeError, ValueError) as exc:
+        evaluator = optuna.importance.PedAnovaImportanceEvaluator()
+        with warnings.catch_warnings():  # its "looks for low values" reminder: the sign above handles it
+            warnings.simplefilter("ignore", UserWarning)
+            return dict(optuna.importance.get_param_importances(study, evaluator=evaluator,
+                                                                target=lambda t: sign * t.values[0])), ""
+    except (RuntimeError, ValueError, ImportError) as exc:
         return {}, f"optuna could not compute importances: {exc}"
 
 
@@ -177,7 +183,7 @@ def plot_importances(found: dict[str, float], why_not: str, settings: TuneSettin
     figure, axes = plt.subplots(figsize=(6.4, 0.5 + 0.5 * len(found) + 1))
     names = list(found)[::-1]
     axes.barh(names, [found[name] for name in names], color="tab:purple")
-    axes.set_xlabel(f"importance for {settings.objective_names()[0]} (fANOVA)")
+    axes.set_xlabel(f"importance for {settings.objective_names()[0]} (PED-ANOVA)")
     axes.set_title("parameter importances")
     _finish(figure, path)
 

@@ -176,7 +176,8 @@ def _sampler(settings: TuneSettings, dimensions: Sequence[Dimension], offset: in
     seed = settings.seed + offset  # a resumed run must not replay the first run's random draws
     constraints = None if SET_CONSTRAINT else constraints_of
     if settings.sampler == "grid":
-        return optuna.samplers.GridSampler(grid_search_space(dimensions), seed=seed)
+        # the seed fixes the grid's order, which maps each stored grid_id to its point: never offset it
+        return optuna.samplers.GridSampler(grid_search_space(dimensions), seed=settings.seed)
     if settings.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if settings.sampler == "nsga2":
