@@ -73,13 +73,13 @@ def rule_signal(store: TimeSeriesStore, expr: str, labels: Mapping[str, str] | N
 
 
 def _rules_evaluator(store: TimeSeriesStore) -> Callable[[str, float], list[tuple[dict[str, str], float]]] | None:
-    """The rules package's instant-query evaluator bound to `store`, when that package provides one."""
+    """The rules package's PromQL evaluator (dsagent.rules.promql.instant_vector) bound to `store`."""
     try:
-        from dsagent.rules import instant_query  # type: ignore[attr-defined]
+        from dsagent.rules.promql import instant_vector
     except ImportError:
         return None
 
     def evaluate(expr: str, at_seconds: float) -> list[tuple[dict[str, str], float]]:
-        return [(dict(labels), float(value)) for labels, value in instant_query(store, expr, at_seconds)]
+        return [(dict(labels), float(value)) for labels, value in instant_vector(store, expr, at_seconds)]
 
     return evaluate
