@@ -51,6 +51,8 @@ AGENT_METRICS: tuple[AgentMetric, ...] = (
     AgentMetric("dsagent_actions_pending_verify", "gauge", "decisions",
                 "applied changes waiting for their verify-after-apply settle time"),
     AgentMetric("dsagent_export_failed_exports_total", "counter", "exports", "SDK exports that could not be spooled"),
+    AgentMetric("dsagent_source_last_success_age_seconds", "gauge", "seconds",
+                "age of each source's last good reading; label source (/readyz goes red past the bound)"),
     AgentMetric("dsagent_export_refused_retries_total", "counter", "retries",
                 "sends the destination refused for a reason an operator must fix (401/403/404), retried"),
     AgentMetric("dsagent_export_moved_aside_documents_total", "counter", "documents",

@@ -202,6 +202,11 @@ class ServerConfig(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=9464, ge=0, le=65535)
     token: SecretStr | None = None
+    readiness_required_sources: list[str] = Field(
+        default_factory=lambda: ["gpu", "host", "engine"],
+        description="sources (by name, `gpu` for any GPU backend) whose stale readings make /readyz answer 503")
+    readiness_max_source_age_seconds: float = Field(
+        default=30.0, gt=0, description="a required source's last good reading older than this is stale")
     slo_window_seconds: float = Field(default=60.0, gt=0, description="window for inference_qps and latency quantiles")
 
 
@@ -437,12 +442,15 @@ def load_config(
 
 
 SECRET_FLAG_PATTERN = re.compile(r"^--?[\w.-]*(key|token|password|passwd|secret)$", re.I)
-_URL_CREDENTIALS = re.compile(r"://[^/@\s]+@")
+_URL_CREDENTIALS = re.compile(r"://(?:([^/@\s:]+):)?[^/@\s]+@")
 
 
 def strip_url_credentials(text: str) -> str:
-    """https://elastic:hunter2@es:9200 -> https://***@es:9200 (every URL inside the text)."""
-    return _URL_CREDENTIALS.sub(f"://{MASK}@", text) if "@" in text else text
+    """https://elastic:hunter2@es:9200 -> https://elastic:***@es:9200; a lone user part (often a token)
+    https://TOKEN@host -> https://***@host. Every URL inside the text."""
+    if "@" not in text:
+        return text
+    return _URL_CREDENTIALS.sub(lambda m: f"://{m.group(1)}:{MASK}@" if m.group(1) else f"://{MASK}@", text)
 
 
 def mask_arguments(arguments: list[Any]) -> list[Any]:

@@ -103,4 +103,7 @@ def render_status(status: dict[str, Any]) -> Group:
     header = Table.grid()
     header.add_row(f"dsagent {agent.get('version', '?')} pid {agent.get('pid', '?')} - API {agent.get('api_url', '?')}"
                    f" - up {_fmt(agent.get('uptime_seconds'), ' s', digits=0)} - data {agent.get('data_dir', '?')}")
+    readiness = agent.get("readiness") or {}
+    if readiness.get("stale"):
+        header.add_row("[bold red]NOT READY[/]: " + "; ".join(str(reason) for reason in readiness["stale"]))
     return Group(header, engine_table, gpu_table, slo_table, export_table, actions_table)

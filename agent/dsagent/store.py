@@ -15,6 +15,7 @@ from __future__ import annotations
 import bisect
 import math
 import re
+import struct
 import threading
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
@@ -122,7 +123,10 @@ class RingSeries:
         """Samples with start <= time <= end, oldest first."""
         first = self.index_at_or_after(start_seconds)
         last = self.index_after(end_seconds)
-        return [(self.time_at(i), self.value_at(i)) for i in range(first, last)]
+        points = [(self.time_at(i), self.value_at(i)) for i in range(first, last)]
+        if any(value != value for _, value in points):  # NaN: maybe staleness markers, which are not samples
+            points = [point for point in points if not is_stale_marker(point[1])]
+        return points
 
     def latest_at(self, at_seconds: float, lookback_seconds: float) -> tuple[float, float] | None:
         """The newest sample with at - lookback <= time <= at, or None."""
@@ -132,7 +136,20 @@ class RingSeries:
         timestamp = self.time_at(index)
         if timestamp < at_seconds - lookback_seconds:
             return None
-        return timestamp, self.value_at(index)
+        value = self.value_at(index)
+        if value != value and is_stale_marker(value):
+            return None  # the series stopped at `timestamp`
+        return timestamp, value
+
+
+#: Prometheus's staleness marker (its StaleNaN bit pattern): "this series stopped". A NaN, so arithmetic on
+#: it cannot pass for a reading; `window` and `latest_at` leave it out, so the series reads as absent.
+STALE_MARKER: float = struct.unpack("<d", struct.pack("<Q", 0x7FF0000000000002))[0]
+_STALE_BITS = 0x7FF0000000000002
+
+
+def is_stale_marker(value: float) -> bool:
+    return value != value and struct.unpack("<Q", struct.pack("<d", value))[0] == _STALE_BITS
 
 
 class _TimeView(Sequence[float]):
@@ -287,7 +304,7 @@ class TimeSeriesStore:
             result = []
             for key in self._select_keys(name, matchers):
                 ring = self._series[key]
-                if len(ring):
+                if len(ring) and not is_stale_marker(ring.value_at(len(ring) - 1)):
                     index = len(ring) - 1
                     result.append(
                         Sample(key[0], key[1], ring.value_at(index), ring.time_at(index), ring.kind, ring.unit)

@@ -122,8 +122,14 @@ class SpoolDrainer:
             for entry, reason in outcome.dead[:3]:
                 log.warning("%s refused document %s for good: %s", self.destination.name, entry.doc_id, reason)
         done = outcome.acked + [entry.seq for entry, _ in outcome.dead]
-        self.spool.ack(done)
+        # counters and state before the spool shrinks: whoever sees it empty sees them up to date
         self.sent_documents += len(outcome.acked)
+        if not outcome.retry:
+            self._attempts.clear()
+            self.backoff.reset()
+            self.last_error = ""
+            self.refused = False
+        self.spool.ack(done)
         if outcome.retry:
             self._move_aside_stuck(entries, outcome)
             if outcome.refused:
@@ -131,10 +137,6 @@ class SpoolDrainer:
             self.refused = outcome.refused
             self._failed(outcome.retry_reason or "destination asked to retry")
             return bool(done)
-        self._attempts.clear()
-        self.backoff.reset()
-        self.last_error = ""
-        self.refused = False
         return True
 
     @property

@@ -50,6 +50,7 @@ from dsagent.samples import RequestRecord, Sample
 log = logging.getLogger(__name__)
 
 SCOPE_NAME = "dsagent"
+EVENT = "dsagent.event"  # any event name but the request's and the action's lands in logs-dsagent.events
 
 
 class ExportUnavailable(RuntimeError):
@@ -236,6 +237,21 @@ class TelemetryPipeline:
                 body=self._redactor.redact(_without_none(body)),
                 event_name=ACTION_EVENT,
                 severity_number=SeverityNumber.WARN if event.get("outcome") == "rolled_back" else SeverityNumber.INFO,
+            )
+            self._log_processor.force_flush()
+
+    def record_event(self, event: dict[str, Any]) -> None:
+        """A node event (a GPU XID error, ...) as one document in logs-dsagent.events; durable on return."""
+        if self._shut_down:
+            log.warning("record_event after shutdown: %s ignored", event)
+            return
+        body = {key: value for key, value in event.items() if key != "timestamp"}
+        with self._emit_lock:
+            self._logger.emit(
+                timestamp=_event_time_ns(event.get("timestamp")),
+                body=self._redactor.redact(_without_none(body)),
+                event_name=EVENT,
+                severity_number=SeverityNumber.WARN,
             )
             self._log_processor.force_flush()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from dsagent.samples import Labels, Sample, make_labels
 from dsagent.sources.base import SourceError
@@ -45,8 +46,7 @@ _SCALAR_FIELDS: tuple[tuple[str, str], ...] = (
     ("fan_speed_ratio", "dsagent_gpu_fan_speed_ratio"),
     ("throttle_reasons_bitmask", "dsagent_gpu_clock_throttle_reasons_bitmask"),
     ("xid_errors_total", "dsagent_gpu_xid_errors_total"),
-    ("last_xid", "dsagent_gpu_last_xid"),
-)
+)  # no "last XID" gauge: it sticks at its last value; XIDs are a counter per code plus an event
 
 
 def readings_to_samples(readings: list[GpuReading], timestamp_seconds: float) -> list[Sample]:
@@ -65,8 +65,10 @@ def readings_to_samples(readings: list[GpuReading], timestamp_seconds: float) ->
         gpu_labels = make_labels(gpu)  # sorted once per GPU, shared by its scalar fields
         for attribute, name in _SCALAR_FIELDS:
             value = getattr(reading, attribute)
-            if value is not None:
+            if value is not None and not (attribute == "xid_errors_total" and reading.xid_errors_by_code):
                 add_labelled(name, value, gpu_labels)
+        for code, count in sorted(reading.xid_errors_by_code.items()):  # one counter per XID code
+            add("dsagent_gpu_xid_errors_total", count, {**gpu, "xid": str(code)})
         if reading.memory_used_bytes is not None and reading.memory_total_bytes:
             add_labelled("dsagent_gpu_memory_used_ratio", reading.memory_used_bytes / reading.memory_total_bytes,
                          gpu_labels)
@@ -96,6 +98,28 @@ class GpuSource:
         self._clock = clock
         self._opened = False
         self.unavailable_reason: str | None = None
+        self._xid_totals: dict[int, int] = {}
+        self._events: list[dict[str, Any]] = []
+
+    def take_events(self) -> list[dict[str, Any]]:
+        """Events since the last call (a GPU reporting new XID errors), for logs-dsagent.events."""
+        events, self._events = self._events, []
+        return events
+
+    def _note_xids(self, readings: list[GpuReading], now_seconds: float) -> None:
+        for reading in readings:
+            total = reading.xid_errors_total
+            if total is None:
+                continue
+            before = self._xid_totals.get(reading.index)
+            self._xid_totals[reading.index] = total
+            if before is not None and total > before:
+                self._events.append({
+                    "timestamp": now_seconds, "event": "gpu_xid_error", "gpu_index": reading.index,
+                    "gpu_uuid": reading.uuid, "gpu_name": reading.name, "xid": reading.last_xid,
+                    "new_errors": total - before, "xid_errors_total": total,
+                    "reason": f"GPU {reading.index} reported XID {reading.last_xid} ({total - before} new)",
+                })
 
     def collect(self) -> list[Sample]:
         if self.unavailable_reason is not None:
@@ -115,7 +139,9 @@ class GpuSource:
         except Exception as error:  # a driver reset or gone mid-run: one failed tick, not a dead agent
             self.close()  # the next tick opens the backend again (NVML re-initializes)
             raise SourceError(f"GPU backend {self._backend.name} failed: {error!r}") from error
-        return readings_to_samples(readings, self._clock())
+        now = self._clock()
+        self._note_xids(readings, now)
+        return readings_to_samples(readings, now)
 
     def close(self) -> None:
         if self._opened:

@@ -68,7 +68,8 @@ class GpuReading:
     fan_speed_ratio: float | None = None
     throttle_reasons_bitmask: int | None = None
     xid_errors_total: int | None = None
-    last_xid: int | None = None
+    last_xid: int | None = None  # kept in traces; exported only as an event, never as a gauge
+    xid_errors_by_code: dict[int, int] = field(default_factory=dict)  # cumulative, where NVML events say
     ecc_errors: dict[str, int] = field(default_factory=dict)
     process_memory_bytes: dict[int, int] = field(default_factory=dict)
 

@@ -53,8 +53,7 @@ GPU_METRICS: tuple[MetricMetadata, ...] = (
     _m("dsagent_gpu_fan_speed_ratio", "gauge", "ratio", "Fan speed as a fraction of its maximum (absent on passively cooled GPUs).", _GPU),
     _m("dsagent_gpu_clock_throttle_reasons_bitmask", "gauge", "", "NVML clock event (throttle) reasons bitmask.", _GPU),
     _m("dsagent_gpu_clock_throttle_active", "gauge", "", "1 while the named clock throttle reason is active, else 0.", (*_GPU, "reason")),
-    _m("dsagent_gpu_xid_errors_total", "counter", "", "XID critical errors seen since the agent started watching (only where NVML events work).", _GPU),
-    _m("dsagent_gpu_last_xid", "gauge", "", "The code of the most recent XID error (only once one was seen).", _GPU),
+    _m("dsagent_gpu_xid_errors_total", "counter", "", "XID critical errors seen since the agent started watching (only where NVML events work); label xid = the code where NVML reports it. Each new error is also an event in logs-dsagent.events.", (*_GPU, "xid")),
     _m("dsagent_gpu_ecc_errors_total", "counter", "", "ECC memory errors; error_type corrected|uncorrected, counter volatile|aggregate.", (*_GPU, "error_type", "counter")),
     _m("dsagent_gpu_process_memory_used_bytes", "gauge", "bytes", "Device memory used by one process.", (*_GPU, "pid")),
 )

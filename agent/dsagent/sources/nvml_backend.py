@@ -102,6 +102,7 @@ class NvmlBackend:
         self._xid_watched: set[int] = set()
         self._xid_counts: dict[int, int] = {}
         self._last_xid: dict[int, int] = {}
+        self._xid_by_code: dict[int, dict[int, int]] = {}
         self._open = False
         self._unexpected_codes_logged: set[tuple[str, int]] = set()
 
@@ -211,6 +212,8 @@ class NvmlBackend:
                 continue
             self._xid_counts[index] += 1
             self._last_xid[index] = int(event.eventData)
+            by_code = self._xid_by_code.setdefault(index, {})
+            by_code[int(event.eventData)] = by_code.get(int(event.eventData), 0) + 1
             log.warning("GPU %d reported XID %d", index, int(event.eventData))
 
     # -- readings ---------------------------------------------------------------------------------
@@ -273,6 +276,7 @@ class NvmlBackend:
         if index in self._xid_watched:
             reading.xid_errors_total = self._xid_counts.get(index, 0)
             reading.last_xid = self._last_xid.get(index)
+            reading.xid_errors_by_code = dict(self._xid_by_code.get(index, {}))
 
         if self._collect_processes:
             reading.process_memory_bytes = self._process_memory(handle)

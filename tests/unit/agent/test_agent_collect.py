@@ -58,7 +58,9 @@ def test_failures_are_logged_once_per_state_change(agent: Agent, caplog: pytest.
     assert sum("source engine-like failing" in m for m in messages) == 1
     assert sum("source engine-like recovered" in m for m in messages) == 1
     assert sum("source broken failing: RuntimeError: bug" in m for m in messages) == 1
-    assert agent.status()["sources"]["broken"] == {"ok": False, "error": "RuntimeError: bug"}
+    broken = agent.status()["sources"]["broken"]
+    assert {key: broken[key] for key in ("ok", "error")} == {"ok": False, "error": "RuntimeError: bug"}
+    assert broken["last_success_age_seconds"] >= 0  # never succeeded: counted from the agent's start
 
 
 def test_partial_samples_of_a_failed_source_are_stored(agent: Agent) -> None:

@@ -10,7 +10,13 @@ import zlib
 from pathlib import Path
 
 import pytest
-from dsagent.config import ConfigError, effective_config_yaml, load_config, mask_arguments, strip_url_credentials
+from dsagent.config import (
+    ConfigError,
+    effective_config_yaml,
+    load_config,
+    mask_arguments,
+    strip_url_credentials,
+)
 from dsagent.samples import RequestRecord
 from dsagent.sources.otlp_receiver import build_otlp_router
 from fastapi import FastAPI
@@ -104,14 +110,15 @@ def test_config_show_masks_environment_secret_flags_and_url_credentials() -> Non
     shown = effective_config_yaml(config)
     for secret in ("sk-live-1", "hf_abc", "wJalrXUtnFEMI", "hunter2", "user:pw"):
         assert secret not in shown
-    assert "--api-key" in shown and "https://***@es:9200" in shown
+    assert "--api-key" in shown and "https://elastic:***@es:9200" in shown
 
 
 def test_mask_arguments_keeps_ordinary_flags() -> None:
     assert mask_arguments(["serve", "--port", "8000", "--api-key", "k", "--token=t"]) == [
         "serve", "--port", "8000", "--api-key", "***", "--token=***"]
     assert strip_url_credentials("to https://elastic:hunter2@es:9200 and http://h:1") == \
-        "to https://***@es:9200 and http://h:1"
+        "to https://elastic:***@es:9200 and http://h:1"
+    assert strip_url_credentials("https://ghp_token@host/x") == "https://***@host/x"
 
 
 def test_sidecar_500_returns_a_request_id_not_the_exception_text() -> None:

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 def test_defaults_work_without_a_gpu() -> None:
     config = SourcesConfig()
     assert config.gpu.backend == "auto"
-    assert (config.otlp_receiver.host, config.otlp_receiver.port) == ("127.0.0.1", 4318)
+    assert (config.otlp_receiver.host, config.otlp_receiver.port) == ("127.0.0.1", 0)  # own port, loopback
     assert config.engine.metrics_path == "/metrics"
     sources = build_sources(config, "http://127.0.0.1:8000", lambda: None)
     assert [type(s) for s in sources] == [GpuSource, HostSource, EngineScrapeSource]
