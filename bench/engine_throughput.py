@@ -110,6 +110,8 @@ class RequestTiming:
     ttft_seconds: float
     output_tokens: int
     text_chunks: int | None = None  # streamed chunks carrying a choice (dssidecar only)
+    chunk_gaps_seconds: list[float] = field(default_factory=list)  # between streamed text chunks
+    prompt_tokens: int = 0
 
     @property
     def first_text_only_at_end(self) -> bool:
@@ -385,6 +387,8 @@ async def stream_completion(client: Any, base_url: str, model: str, request: Ben
             "temperature": 0.0, "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
     sent = time.perf_counter()
     first: float | None = None
+    last: float | None = None
+    gaps: list[float] = []
     completion_tokens: int | None = None
     chunks_with_text = 0
     async with client.stream("POST", f"{base_url}/v1/completions", json=body) as response:
@@ -396,13 +400,18 @@ async def stream_completion(client: Any, base_url: str, model: str, request: Ben
             chunk = json.loads(line[len("data: "):])
             if chunk.get("choices"):
                 chunks_with_text += 1
+                now = time.perf_counter()
                 if first is None:
-                    first = time.perf_counter()
+                    first = now
+                elif last is not None:
+                    gaps.append(now - last)
+                last = now
             if chunk.get("usage"):
                 completion_tokens = int(chunk["usage"]["completion_tokens"])
     done = time.perf_counter()
     tokens = completion_tokens if completion_tokens is not None else chunks_with_text
-    return RequestTiming(done - sent, (first or done) - sent, tokens, chunks_with_text)
+    return RequestTiming(done - sent, (first or done) - sent, tokens, chunks_with_text, gaps,
+                         len(request.prompt_token_ids))
 
 
 async def run_concurrent(base_url: str, model: str, requests: list[BenchRequest]) -> tuple[float, list[RequestTiming]]:
@@ -432,11 +441,14 @@ class InProcessEngine:
     The engine thread hands its outputs to the event loop it was started on, so that loop lives as long as
     the engine (across rounds), unlike the HTTP client's `asyncio.run` loops."""
 
-    def __init__(self, model_dir: Path, max_batch_size: int, num_threads: int) -> None:
+    def __init__(self, model_dir: Path, max_batch_size: int, num_threads: int,
+                 max_num_batched_tokens: int | None = None) -> None:
         from dssidecar.engine.async_engine import AsyncLLMEngine
         from dssidecar.engine.config import EngineConfig
 
         self.config = EngineConfig(max_batch_size=max_batch_size, num_threads=num_threads)
+        if max_num_batched_tokens is not None:
+            self.config.max_num_batched_tokens = max_num_batched_tokens
         self.engine = AsyncLLMEngine.from_model_path(model_dir, self.config)
         self.loop = asyncio.new_event_loop()
         self.loop.run_until_complete(self.engine.start())
@@ -566,6 +578,105 @@ def run_ttft_check(server: SidecarServer, token_ids: Sequence[int], seed: int) -
             "burst_ttft_ratio": burst_p99 / single}
 
 
+LONG_PROMPT_RANGE = (100, 400)
+LONG_PROMPT_OUTPUT_TOKENS = 48
+LONG_PROMPT_SINGLE_LENGTHS = (100, 250, 400)
+STREAMS = 32
+STREAMS_REQUESTS = 96
+TARGET_STREAMS_GAP_RATIO = 3.0
+
+
+def interpolate(points: list[tuple[int, float]], x: float) -> float:
+    """Piecewise-linear value at x through (x, y) points sorted by x (clamped at the ends)."""
+    if x <= points[0][0]:
+        return points[0][1]
+    for (x0, y0), (x1, y1) in zip(points, points[1:], strict=False):
+        if x <= x1:
+            return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return points[-1][1]
+
+
+def run_long_prompt_checks(server: SidecarServer, token_ids: Sequence[int], seed: int) -> dict[str, float]:
+    """Issue 19's latency targets, with prompts of 100-400 tokens, over HTTP:
+
+    - TTFT: single requests at 100/250/400 prompt tokens (median of 2 each after a warm-up) against a
+      steady closed loop of 8 staggered streams (40 requests, outputs 32-64, ramp-up excluded). Each
+      loop request's TTFT is divided by the single-request TTFT at its prompt length (interpolated);
+      the p99 of that slowdown is the verdict (<= 2x), the raw p99 beside it.
+    - Inter-token latency: the gaps between streamed text chunks of one stream alone (3 requests of 48
+      tokens) against a closed loop keeping 32 streams in flight (96 requests, prompts 100-400, outputs
+      32-64, the first 32 left out); p99 gap under 32 streams / p99 gap of the single stream (<= 3x).
+    """
+    out = (LONG_PROMPT_OUTPUT_TOKENS, LONG_PROMPT_OUTPUT_TOKENS)
+    varied_out = (LONG_PROMPT_OUTPUT_TOKENS * 2 // 3, LONG_PROMPT_OUTPUT_TOKENS * 4 // 3)
+    single_points: list[tuple[int, float]] = []
+    single_gaps: list[float] = []
+    single_latencies: list[float] = []
+    asyncio.run(run_concurrent(server.base_url, server.model_name,
+                               make_workload(token_ids, 1, seed + 10, (250, 250), out)))  # warm-up
+    for index, length in enumerate(LONG_PROMPT_SINGLE_LENGTHS):
+        ttfts = []
+        for request in make_workload(token_ids, 2, seed + 11 + index, (length, length), out):
+            _, (timing,) = asyncio.run(run_concurrent(server.base_url, server.model_name, [request]))
+            ttfts.append(timing.ttft_seconds)
+            single_gaps.extend(timing.chunk_gaps_seconds)
+            single_latencies.append(timing.latency_seconds)
+        single_points.append((length, percentile(ttfts, 0.5)))
+    stagger = percentile(single_latencies, 0.5) / TTFT_CONCURRENCY
+    loop_requests = make_workload(token_ids, STEADY_STATE_REQUESTS, seed + 20, LONG_PROMPT_RANGE, varied_out)
+    sent_timings = asyncio.run(run_closed_loop(server.base_url, server.model_name, loop_requests,
+                                               TTFT_CONCURRENCY, stagger))
+    measured = [timing for _, timing in sent_timings[STEADY_STATE_RAMP_UP_REQUESTS:]]
+    slowdowns = [t.ttft_seconds / interpolate(single_points, t.prompt_tokens) for t in measured]
+    loop_ttft = LatencySummary.of([t.ttft_seconds for t in measured])
+
+    stream_requests = make_workload(token_ids, STREAMS_REQUESTS, seed + 30, LONG_PROMPT_RANGE, varied_out)
+    stream_timings = asyncio.run(run_closed_loop(server.base_url, server.model_name, stream_requests, STREAMS,
+                                                 percentile(single_latencies, 0.5) / STREAMS))
+    stream_gaps = [gap for _, timing in stream_timings[STREAMS:] for gap in timing.chunk_gaps_seconds]
+    single_gap = LatencySummary.of(single_gaps)
+    streams_gap = LatencySummary.of(stream_gaps)
+    figures = {f"long_prompt_single_ttft_{length}_seconds": ttft for length, ttft in single_points}
+    figures.update({
+        "long_prompt_steady8_ttft_p50_seconds": loop_ttft.p50_seconds,
+        "long_prompt_steady8_ttft_p99_seconds": loop_ttft.p99_seconds,
+        "long_prompt_steady8_ttft_max_seconds": max(t.ttft_seconds for t in measured),
+        "long_prompt_steady8_slowdown_p50": percentile(slowdowns, 0.5),
+        "long_prompt_steady8_slowdown_p99": percentile(slowdowns, 0.99),
+        "long_prompt_steady8_requests_measured": float(len(measured)),
+        "single_stream_gap_p50_seconds": single_gap.p50_seconds,
+        "single_stream_gap_p99_seconds": single_gap.p99_seconds,
+        f"streams{STREAMS}_gap_p50_seconds": streams_gap.p50_seconds,
+        f"streams{STREAMS}_gap_p99_seconds": streams_gap.p99_seconds,
+        f"streams{STREAMS}_gaps_measured": float(len(stream_gaps)),
+        f"streams{STREAMS}_gap_p99_ratio": streams_gap.p99_seconds / single_gap.p99_seconds,
+        f"streams{STREAMS}_gap_p99_over_single_p50": streams_gap.p99_seconds / single_gap.p50_seconds,
+    })
+    return figures
+
+
+def long_prompt_target_rows(figures: dict[str, float]) -> list[list[Any]]:
+    singles = ", ".join(f"{length}: {figures[f'long_prompt_single_ttft_{length}_seconds'] * 1000:.0f}"
+                        for length in LONG_PROMPT_SINGLE_LENGTHS)
+    slowdown = figures["long_prompt_steady8_slowdown_p99"]
+    ratio = figures[f"streams{STREAMS}_gap_p99_ratio"]
+    return [
+        [f"dssidecar over HTTP, prompts {LONG_PROMPT_RANGE[0]}-{LONG_PROMPT_RANGE[1]}: p99 of TTFT / single TTFT at "
+         f"the same prompt length, steady closed loop of {TTFT_CONCURRENCY} streams",
+         f"{slowdown:.2f}x (p50 {figures['long_prompt_steady8_slowdown_p50']:.2f}x; TTFT p99 "
+         f"{figures['long_prompt_steady8_ttft_p99_seconds'] * 1000:.0f} ms, max "
+         f"{figures['long_prompt_steady8_ttft_max_seconds'] * 1000:.0f} ms; single ms by length {singles})",
+         f"<= {TARGET_TTFT_RATIO}x", verdict(slowdown, TARGET_TTFT_RATIO, higher_is_better=False)],
+        [f"dssidecar over HTTP: p99 gap between streamed chunks, {STREAMS} streams in flight (prompts "
+         f"{LONG_PROMPT_RANGE[0]}-{LONG_PROMPT_RANGE[1]}) / one stream alone",
+         f"{ratio:.2f}x ({figures[f'streams{STREAMS}_gap_p99_seconds'] * 1000:.1f} / "
+         f"{figures['single_stream_gap_p99_seconds'] * 1000:.1f} ms; {STREAMS}-stream p50 "
+         f"{figures[f'streams{STREAMS}_gap_p50_seconds'] * 1000:.1f} ms, single p50 "
+         f"{figures['single_stream_gap_p50_seconds'] * 1000:.1f} ms)",
+         f"<= {TARGET_STREAMS_GAP_RATIO}x", verdict(ratio, TARGET_STREAMS_GAP_RATIO, higher_is_better=False)],
+    ]
+
+
 # ------------------------------------------------------------------------------------------ report
 
 
@@ -612,8 +723,10 @@ def bench_size(size: str, arch: str, args: argparse.Namespace) -> dict[str, floa
     num_threads = configure_cpu_threads()
     log(f"{size}: starting dssidecar server, loading the HF model and the in-process engine ({model_dir})")
     server_args = ["--max-batch-size", str(NUM_REQUESTS), "--num-threads", str(num_threads)]
+    if args.max_num_batched_tokens is not None:
+        server_args += ["--max-num-batched-tokens", str(args.max_num_batched_tokens)]
     with (SidecarServer(model_dir, server_args) as server,
-          InProcessEngine(model_dir, NUM_REQUESTS, num_threads) as in_process):
+          InProcessEngine(model_dir, NUM_REQUESTS, num_threads, args.max_num_batched_tokens) as in_process):
         model, pad_token_id = load_hf_model(model_dir)
         import torch
 
@@ -649,6 +762,8 @@ def bench_size(size: str, arch: str, args: argparse.Namespace) -> dict[str, floa
                     log(f"{size}: {key} failed: {exc!r}")
                     failed.add(key)
         ttft = run_ttft_check(server, token_ids, args.seed)
+        log(f"{size}: latency checks with prompts of {LONG_PROMPT_RANGE[0]}-{LONG_PROMPT_RANGE[1]} tokens")
+        ttft.update(run_long_prompt_checks(server, token_ids, args.seed))
 
     ways: list[WayResult] = []
     keys: list[str] = []
@@ -733,6 +848,7 @@ def bench_size(size: str, arch: str, args: argparse.Namespace) -> dict[str, floa
         f"burst: {TTFT_CONCURRENCY} sent at once (information, not the target)",
         f"{ttft['burst_ttft_ratio']:.2f}x ({burst_p99_ms:.0f} / {single_ms:.0f} ms)",
         f"(<= {TARGET_TTFT_RATIO}x)", "info"])
+    target_rows.extend(long_prompt_target_rows(ttft))
     print_table(f"targets, {size} model", ["target", "measured", "wanted", "verdict"], target_rows)
     if ttft["ttft_requests_first_text_only_at_end"]:
         print(f"note: {ttft['ttft_requests_first_text_only_at_end']:.0f} of {ttft['ttft_requests_checked']:.0f} "
@@ -754,6 +870,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=None,
                         help="rounds per way in alternating order, median reported (default 1, 3 with --full)")
+    parser.add_argument("--max-num-batched-tokens", type=int, default=None,
+                        help="the engine's token budget per step, server and in-process (default: the engine's)")
     parser.add_argument("--small-one-at-a-time", type=int, default=8,
                         help="requests sent one at a time on the small model without --full")
     args = parser.parse_args(argv)
