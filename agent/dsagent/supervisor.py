@@ -280,6 +280,8 @@ class EngineSupervisor:
         environment = dict(os.environ)
         environment.update(self.launcher.environment(self.otlp_endpoint))
         environment.update(self.engine.environment)
+        # every worker inherits it: how a restarted agent recognizes this engine's leftovers (_reap_leftover)
+        environment[engine_process.SPAWN_ID_VARIABLE] = self.spawn_id
         return environment
 
     def _open_log(self) -> IO[bytes]:

@@ -231,3 +231,16 @@ def test_second_agent_on_the_same_data_dir_exits_with_one_line(tmp_path: Path) -
     finally:
         first.send_signal(signal.SIGTERM)
         first.wait(30)
+
+
+def test_the_spawned_engine_carries_the_spawn_id_recorded_in_the_pid_file(tmp_path: Path) -> None:
+    port = free_port()
+    sup = EngineSupervisor(fake_engine(port, "--spawn-worker"), fast_supervision(), tmp_path)
+    sup.start()
+    try:
+        assert sup.wait_ready(20), sup.status()
+        pid, spawn_id = (tmp_path / "engine.pid").read_text().split()
+        assert engine_process.has_spawn_id(int(pid), spawn_id)
+        assert engine_process.has_spawn_id(worker_pid(tmp_path / "logs" / "engine.log"), spawn_id)
+    finally:
+        sup.stop()
