@@ -23,6 +23,7 @@ from dsagent.engines.vllm import VLLM_COUNTER_FAMILIES, VLLM_FALLBACK_FAMILIES, 
 from dsagent.samples import Labels, Sample, make_labels
 from dsagent.sources.base import SourceError
 from dsagent.sources.metric_metadata import METRICS_BY_NAME, metadata_for
+from dsagent.sources.prom_text import LineCachingParser
 
 # Engine family name (as prometheus_client reports it: counters without _total) -> stable name. vLLM's
 # names are written once, in dsagent.engines.vllm; the sidecar's own dssidecar_* gauges are added here.
@@ -169,6 +170,7 @@ class FamilyBlockCache:
 
     def __init__(self) -> None:
         self._families_by_block: dict[str, list[Metric]] = {}
+        self._lines = LineCachingParser()  # changed blocks: unchanged lines are not parsed again either
 
     def parse(self, text: str) -> list[Metric]:
         previous = self._families_by_block
@@ -179,10 +181,11 @@ class FamilyBlockCache:
             if parsed is None:
                 parsed = previous.get(block)
                 if parsed is None:
-                    parsed = list(text_string_to_metric_families(block))
+                    parsed = list(self._lines.families(block))
                 current[block] = parsed
             families.extend(parsed)
         self._families_by_block = current
+        self._lines.end_scrape()
         return families
 
 
