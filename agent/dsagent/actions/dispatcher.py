@@ -43,6 +43,7 @@ class Dispatcher:
         self._queued_rules: set[tuple[str, str]] = set()
         self._queued_lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self.rules_dry_run = False  # rules.dry_run (`dsagent run --dry-run`): every rule Decision is a dry run
         self.outcomes_total = 0
         self.on_outcome: Callable[[Outcome], None] | None = None  # for tests and the reaction benchmark
 
@@ -73,7 +74,8 @@ class Dispatcher:
             context = {"annotations": dict(getattr(event, "annotations", None) or {}),
                        "active_since_seconds": getattr(event, "active_since_seconds", None),
                        "source_file": getattr(event, "source_file", None)}
-            outcomes.append(self.submit_spec(spec, reason, state=state, signal=signal, extra_params=context))
+            outcomes.append(self.submit_spec(spec, reason, state=state, signal=signal, extra_params=context,
+                                             dry_run=True if self.rules_dry_run else None))
         return outcomes
 
     # ---- any source ----------------------------------------------------------------------------------

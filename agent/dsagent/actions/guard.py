@@ -86,10 +86,9 @@ class Guard:
             now = self.clock()
             history = self._targets.setdefault(decision.target, _TargetHistory())
             actuator = self.actuators.for_kind(decision.action)
-            if actuator is None:
-                known = ", ".join(self.actuators.kinds()) or "none"
-                return self._finish(decision, "failed", f"no actuator for {decision.action!r} here (available: {known})",
-                                    history, skip_key=None)
+            if actuator is None:  # not configured on this node: said once per target, not every evaluation
+                return self._finish(decision, "skipped", self.actuators.missing_reason(decision.action), history,
+                                    skip_key="no_actuator")
             if decision.old_value is None:
                 try:
                     decision.old_value = actuator.current(decision)

@@ -95,6 +95,12 @@ class ActionRuntime:
         self.adapter = adapter_for(self.engine, self.data_dir, control_token=self.control_token, restart=restart,
                                    control_timeout_seconds=self.config.control_timeout_seconds)
         self.registry.register(EngineKnobActuator(self.adapter))
+        self.registry.missing_hints.update({
+            "scale": "set actions.scale.name (and namespace) to the Deployment or StatefulSet to scale",
+            **{kind: "no GPU control here (sources.gpu.backend is off, or NVML is unavailable)" for kind in
+               ("set_gpu_clocks", "reset_gpu_clocks", "set_power_limit", "reset_power_limit")},
+            "switch_rule_group": "no schedules configured",
+        })
         from dsagent.actions.actuators.notify import NotifyActuator, WebhookActuator
 
         self.registry.register(NotifyActuator(self.config.notify))
@@ -111,6 +117,7 @@ class ActionRuntime:
                 self.registry.register(KubernetesScaleActuator(self.config.scale))
             except Exception as exc:  # no kubeconfig: scale actions fail with this reason, the rest works
                 log.warning("scale actions unavailable: %s", exc)
+                self.registry.missing_hints["scale"] = f"the Kubernetes client could not be set up: {exc}"
         for actuator in extra_actuators or []:
             self.registry.register(actuator)
         self.dispatcher.signal_for = signal_for
@@ -124,6 +131,8 @@ class ActionRuntime:
         gpu_backend = next((getattr(s, "_backend", None) for s in agent.sources if isinstance(s, GpuSource)), None)
         restart = getattr(agent.supervisor, "restart_with_command", None)
         self._agent = agent
+        rules_config = getattr(agent.config, "rules", None)
+        self.dispatcher.rules_dry_run = bool(getattr(rules_config, "dry_run", False))
         self.attach(restart=restart, gpu_backend=gpu_backend, signal_for=self._rule_signal_factory(agent))
         agent.evaluate_hooks.append(self.tick)
         self._connect_rules()

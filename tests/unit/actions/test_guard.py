@@ -135,7 +135,11 @@ def test_unknown_action_fails_naming_what_exists() -> None:
     guard, _, _, _ = make_guard()
     outcome = guard.submit(Decision(action="set_power_limit", target="gpu:all:power_limit", new_value={"watts": 200},
                                     reason=Reason("operator")))
-    assert outcome.status == "failed" and "no actuator for 'set_power_limit'" in outcome.reason
+    assert outcome.status == "skipped" and "no actuator for 'set_power_limit'" in outcome.reason
+    assert outcome.event is not None
+    again = guard.submit(Decision(action="set_power_limit", target="gpu:all:power_limit", new_value={"watts": 200},
+                                  reason=Reason("operator")))
+    assert again.status == "skipped" and again.event is None  # said once, not every evaluation
 
 
 def test_verify_rolls_back_a_change_that_made_the_signal_worse() -> None:
@@ -196,3 +200,26 @@ def test_a_failing_actuator_is_retried_after_the_cooldown_not_every_tick() -> No
     actuator.fail_with = None
     assert guard.submit(knob(16)).status == "applied"
     assert [e["outcome"] for e in audit] == ["failed", "skipped", "applied"]
+
+
+def test_rule_events_become_decisions_and_rules_dry_run_changes_nothing() -> None:
+    from dsagent.actions.dispatcher import Dispatcher
+    from dsagent.actions.spec import parse_actions
+    from dsagent.rules.events import RuleEvent
+
+    guard, actuator, audit, _ = make_guard()
+    dispatcher = Dispatcher(guard)
+    event = RuleEvent(rule="HighP99", group="slo", state="firing", labels={"severity": "page"}, annotations={},
+                      value=2.5, expr="p99 > 1", active_since_seconds=990.0, at_seconds=1000.0,
+                      actions=parse_actions([{"set_knob": {"knob": "max_batch_size", "factor": 0.5}},
+                                             {"notify": {}, "on": "resolved"}], "t"))
+    dispatcher.rules_dry_run = True
+    [outcome] = dispatcher.handle_event(event)
+    assert outcome.status == "dry_run" and actuator.applied == []
+    dispatcher.rules_dry_run = False
+    guard.config.cooldown_seconds = 0
+    [outcome] = dispatcher.handle_event(event)
+    assert outcome.status == "applied" and actuator.values["knob:max_batch_size"] == 16
+    assert audit[-1]["rule"] == "HighP99" and audit[-1]["value"] == 2.5 and audit[-1]["labels"] == {"severity": "page"}
+    dispatcher.on_rule_events([event, event])  # queued once, handled by the worker
+    assert dispatcher.wait_idle(5)

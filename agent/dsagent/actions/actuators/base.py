@@ -41,6 +41,7 @@ class ActuatorRegistry:
 
     def __init__(self, actuators: list[Actuator] | None = None) -> None:
         self._by_kind: dict[str, Actuator] = {}
+        self.missing_hints: dict[str, str] = {}  # action kind -> how to enable it (set by the runtime)
         for actuator in actuators or []:
             self.register(actuator)
 
@@ -53,6 +54,12 @@ class ActuatorRegistry:
 
     def kinds(self) -> list[str]:
         return sorted(self._by_kind)
+
+    def missing_reason(self, kind: str) -> str:
+        """Why `kind` cannot act here, with the fix when the runtime knows it."""
+        hint = self.missing_hints.get(kind)
+        known = ", ".join(self.kinds()) or "none"
+        return f"no actuator for {kind!r} on this node" + (f": {hint}" if hint else "") + f" (available: {known})"
 
 
 class RecordingActuator:
