@@ -16,6 +16,7 @@ from typing import Any
 import typer
 
 from dsagent.actions.cli_act import act as act_command
+from dsagent.cli_rules import rules_app
 from dsagent.dashboards.cli import app as dashboards_app
 from dsagent.doctor_cli import doctor as doctor_command
 from dsagent.export_cli import export_app
@@ -38,6 +39,7 @@ app.command("act")(act_command)  # dsagent.actions.cli_act: one operator Decisio
 app.command("bench")(bench_command)  # dsagent.loadgen.cli: the load generator on its own
 app.add_typer(tune_app, name="tune")  # dsagent.tune.cli: tune --auto, tune apply, tune rollback
 app.add_typer(export_app, name="export")  # dsagent.export_cli: replay-dead-letters
+app.add_typer(rules_app, name="rules")  # dsagent.cli_rules: rules check | test | eval
 
 ConfigOption = typer.Option(None, "--config", "-c", envvar="DSAGENT_CONFIG",
                             help="YAML config file (default: the embedded default).")
@@ -89,10 +91,14 @@ def run(
     engine_port: int | None = typer.Option(None, "--engine-port", help="Port of the builtin engine."),
     api_port: int | None = typer.Option(None, "--api-port", help="Port of the agent's API (/metrics, /api/status)."),
     log_level: str | None = typer.Option(None, "--log-level", envvar="DSAGENT_LOG_LEVEL"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Evaluate every rule on live data and record what it "
+                                 "would do (audit, status), changing nothing."),
 ) -> None:
     """Run the agent: supervise the engine, collect every second, export telemetry, serve /metrics."""
-    config = _load(config_file, _run_overrides(elasticsearch_url, data_dir, engine_url, model, engine_port,
-                                               api_port, log_level))
+    overrides = _run_overrides(elasticsearch_url, data_dir, engine_url, model, engine_port, api_port, log_level)
+    if dry_run:
+        overrides.update({"rules.dry_run": True, "actions.dry_run": True})
+    config = _load(config_file, overrides)
     logging.basicConfig(level=config.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     for chatty in ("httpx", "httpcore", "uvicorn.access"):  # one line per scrape/probe every second

@@ -33,6 +33,7 @@ from pydantic import (
 from dsagent.actions.config import ActionsConfig
 from dsagent.actions.schedules import SchedulePolicy
 from dsagent.export.config import ExportConfig
+from dsagent.rules.config import RulesConfig
 from dsagent.sources.config import SourcesConfig
 
 ENV_PREFIX = "DSAGENT_"
@@ -220,6 +221,7 @@ class AgentConfig(_Section):
     server: ServerConfig = Field(default_factory=ServerConfig)
     actions: ActionsConfig = Field(default_factory=ActionsConfig)  # rules that act: guard, scale target, notify
     schedules: list[SchedulePolicy] = Field(default_factory=list)  # cron policies (dsagent.actions.schedules)
+    rules: RulesConfig = Field(default_factory=RulesConfig)  # rule files over the store (dsagent.rules)
     data_dir: Path = Field(default_factory=lambda: default_data_dir())
     log_level: str = "INFO"
 

@@ -42,7 +42,10 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode) -> LineDict:
     result.line = node.start_mark.line + 1
     result.key_lines = {}
     for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)
+        if isinstance(key_node, yaml.ScalarNode) and key_node.tag.endswith(":bool"):
+            key = key_node.value  # YAML 1.1 reads `on:` as True; keys are names here (actions' `on: resolved`)
+        else:
+            key = loader.construct_object(key_node, deep=True)
         if not isinstance(key, str | int | float | bool) and key is not None:
             raise YamlError(f"{key_node.start_mark.line + 1}: mapping keys must be plain values")
         key = str(key) if not isinstance(key, str) else key
