@@ -267,6 +267,23 @@ def _authorized(http_request: Request, bearer_token: str | None) -> bool:
     return hmac.compare_digest(http_request.headers.get("authorization", "").encode(), expected)
 
 
+# The OpenAPI description of the raw body the handlers read themselves (OTLP/HTTP's two encodings), so
+# schema-driven clients and schemathesis send real bodies; every answer but 200 is a google.rpc.Status.
+_OPENAPI_EXTRA: dict[str, Any] = {"requestBody": {"required": True, "content": {
+    JSON: {"schema": {"type": "object", "description": "OTLP JSON Export*ServiceRequest"}},
+    PROTOBUF: {"schema": {"type": "string", "format": "binary"}},
+}}}
+_STATUS_BODY = {"content": {JSON: {"schema": {"type": "object"}}, PROTOBUF: {"schema": {"type": "string"}}}}
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "accepted (Export*ServiceResponse)", **_STATUS_BODY},
+    400: {"description": "not a valid OTLP request", **_STATUS_BODY},
+    401: {"description": "missing or wrong bearer token", **_STATUS_BODY},
+    413: {"description": "body over the limit (as sent or decompressed)", **_STATUS_BODY},
+    415: {"description": "unsupported Content-Type", **_STATUS_BODY},
+    503: {"description": "the records could not be stored durably; send again", **_STATUS_BODY},
+}
+
+
 def build_otlp_router(
     on_records: Callable[[list[RequestRecord]], None],
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
@@ -315,7 +332,7 @@ def build_otlp_router(
                 return _status_response(503, "the agent could not store the records; retry", content_type)
         return Response(_encode(response, content_type), status_code=200, media_type=content_type)
 
-    @router.post("/v1/logs")
+    @router.post("/v1/logs", openapi_extra=_OPENAPI_EXTRA, responses=_RESPONSES)
     async def export_logs(request: Request) -> Response:
         return await receive(
             request,
@@ -324,7 +341,7 @@ def build_otlp_router(
             records_from_logs,
         )
 
-    @router.post("/v1/traces")
+    @router.post("/v1/traces", openapi_extra=_OPENAPI_EXTRA, responses=_RESPONSES)
     async def export_traces(request: Request) -> Response:
         return await receive(
             request,
