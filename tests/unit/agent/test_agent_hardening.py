@@ -151,3 +151,33 @@ def test_agent_pipeline_has_no_collect_thread(tmp_path: Path) -> None:
         assert "dsagent-export-collect" not in {thread.name for thread in threading.enumerate()}
     finally:
         agent.stop()
+
+
+def test_api_beyond_loopback_needs_the_token_for_status_but_not_for_metrics(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import httpx
+    from dsagent.app import Agent
+    from typer.testing import CliRunner
+
+    config = load_config(None, environ={}, overrides={
+        "data_dir": str(tmp_path), "engine.kind": "external", "engine.url": "http://127.0.0.1:9",
+        "server.host": "0.0.0.0", "server.port": 0, "sources.gpu.backend": "off"})
+    agent = Agent(config)
+    with caplog.at_level("WARNING"):
+        agent.start()
+    try:
+        assert agent.api is not None
+        local = f"http://127.0.0.1:{agent.api.port}"
+        assert httpx.get(local + "/metrics", timeout=5).status_code == 200
+        assert httpx.get(local + "/api/status", timeout=5).status_code == 401
+        pointer = json.loads((tmp_path / "agent.json").read_text())
+        assert (tmp_path / "agent.json").stat().st_mode & 0o077 == 0  # owner-only: it holds the token
+        answer = httpx.get(local + "/api/status", headers={"Authorization": f"Bearer {pointer['token']}"}, timeout=5)
+        assert answer.status_code == 200
+        assert "reachable from the network" in caplog.text
+        from dsagent.cli import app
+
+        shown = CliRunner().invoke(app, ["status", "--json", "--data-dir", str(tmp_path), "--url", local])
+        assert shown.exit_code == 0, shown.output
+    finally:
+        agent.stop()
