@@ -91,6 +91,10 @@ class Dispatcher:
                             dry_run=spec.dry_run if dry_run is None else (dry_run or spec.dry_run),
                             cooldown_seconds=spec.cooldown_seconds if cooldown_seconds is None else cooldown_seconds,
                             verify=spec.verify, signal=signal, signal_before=reason.value, at_seconds=self.clock())
+        with self.guard.lock:  # plan and submit as one step: a verify's rollback cannot slip in between
+            return self._plan_and_submit(spec, decision, state)
+
+    def _plan_and_submit(self, spec: ActionSpec, decision: Decision, state: str) -> Outcome:
         actuator = self.guard.actuators.for_kind(spec.kind)
         try:
             if actuator is not None:  # without one the guard fails the Decision naming what exists

@@ -78,6 +78,11 @@ class Guard:
         self._pending: list[_PendingVerify] = []
         self.outcome_counts: Counter[tuple[str, str]] = Counter()
 
+    @property
+    def lock(self) -> threading.RLock:
+        """Held while a Decision is checked and applied; callers that read-then-submit hold it across both."""
+        return self._lock
+
     # ---- the path ------------------------------------------------------------------------------------
 
     def submit(self, decision: Decision) -> Outcome:
@@ -133,10 +138,16 @@ class Guard:
     def tick(self, now: float | None = None) -> list[Outcome]:
         """Run every verify whose settle time has passed; returns their outcomes (verified / rolled_back)."""
         now = self.clock() if now is None else now
-        with self._lock:
+        # Never wait here: this runs on the agent's evaluate job, and a change in progress (a precision swap,
+        # a vLLM restart) may hold the lock for minutes. Due verifies simply run at a later tick.
+        if not self._lock.acquire(blocking=False):
+            return []
+        try:
             due = [pending for pending in self._pending if pending.due_seconds <= now]
             self._pending = [pending for pending in self._pending if pending.due_seconds > now]
-        return [self._verify(pending) for pending in due]
+            return [self._verify(pending) for pending in due]
+        finally:
+            self._lock.release()
 
     def wait_verified(self, outcome: Outcome, sleep: Callable[[float], None] = time.sleep) -> Outcome:
         """Block until `outcome`'s verify is due, run it and return its result (the tuner's staged roll-out).
