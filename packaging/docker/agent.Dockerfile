@@ -15,6 +15,8 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY agent ./agent
 COPY sidecar ./sidecar
+# the default rule packs, installed as data files (share/dsagent/rules)
+COPY rules ./rules
 # The Makefile's install command without the extras: the agent's own dependencies only.
 RUN python -m pip install . && rm -rf /src
 

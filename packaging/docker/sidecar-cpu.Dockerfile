@@ -16,6 +16,8 @@ COPY pyproject.toml README.md ./
 COPY constraints ./constraints
 COPY agent ./agent
 COPY sidecar ./sidecar
+# the default rule packs, installed as data files (share/dsagent/rules)
+COPY rules ./rules
 # The Makefile's install command (make venv): -c constraints/cpu.txt '.[sidecar]'
 RUN python -m pip install -c constraints/cpu.txt '.[sidecar]' && rm -rf /src
 

@@ -20,6 +20,8 @@ COPY pyproject.toml README.md ./
 COPY packaging/docker/constraints-cuda.txt ./constraints-cuda.txt
 COPY agent ./agent
 COPY sidecar ./sidecar
+# the default rule packs, installed as data files (share/dsagent/rules)
+COPY rules ./rules
 RUN python -m pip install -c constraints-cuda.txt '.[sidecar]' && rm -rf /src
 
 WORKDIR /var/lib/dsagent

@@ -12,8 +12,9 @@
 #   --root DIR            install under DIR instead of / (packaging, tests): no user, no systemctl
 #   --source DIR          what pip installs (default: this repository)
 #
-# Layout: /opt/dsagent (venv with the dsagent and dssidecar commands), /etc/dsagent/config.yaml,
-# /etc/dsagent/rules/*.yaml, /etc/dsagent/dsagent.env and dssidecar.env (secrets, DSAGENT_*),
+# Layout: /opt/dsagent (venv with the dsagent and dssidecar commands, the default rule packs in
+# share/dsagent/rules), /etc/dsagent/config.yaml, /etc/dsagent/rules/*.yaml (this host's own rules),
+# /etc/dsagent/dsagent.env and dssidecar.env (secrets, DSAGENT_*),
 # /var/lib/dsagent (spool, exports, models), /etc/systemd/system/{dsagent,dssidecar}.service.
 set -euo pipefail
 
@@ -118,10 +119,8 @@ fi
 install_once "$HERE/config.yaml" "$ROOT/etc/dsagent/config.yaml" 0640
 install_once "$HERE/dsagent.env" "$ROOT/etc/dsagent/dsagent.env" 0640
 install_once "$HERE/dssidecar.env" "$ROOT/etc/dsagent/dssidecar.env" 0640
-for pack in "$SOURCE"/rules/*.yaml "$SOURCE"/rules/*.yml; do
-  [ -e "$pack" ] || continue
-  install_once "$pack" "$ROOT/etc/dsagent/rules/$(basename "$pack")" 0640
-done
+# the default packs come with the package (/opt/dsagent/share/dsagent/rules); this is the host's own file
+install_once "$HERE/site-rules.yaml" "$ROOT/etc/dsagent/rules/site.yaml" 0640
 if on_host; then chgrp -R dsagent /etc/dsagent; fi
 
 # 6. systemd

@@ -84,4 +84,5 @@ def test_compose_wires_the_stack_and_imports_dashboards_on_start() -> None:
     dashboards = services["dashboards"]
     assert dashboards["command"][:2] == ["dashboards", "install"] and "http://kibana:5601" in dashboards["command"]
     assert dashboards["depends_on"]["kibana"]["condition"] == "service_healthy"
-    assert "--otlp-endpoint http://agent:9464" in " ".join(services["sidecar"]["command"])
+    assert "--otlp-endpoint http://agent:4318" in " ".join(services["sidecar"]["command"])
+    assert agent_env["DSAGENT_SOURCES__OTLP_RECEIVER__PORT"] == "4318"

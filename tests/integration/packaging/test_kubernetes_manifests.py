@@ -154,6 +154,7 @@ def test_gpu_overlay_has_the_guides_resources_and_probes(tmp_path: Path) -> None
     for probe in ("livenessProbe", "readinessProbe"):
         assert agent[probe]["httpGet"]["port"] == 8080 and agent[probe]["initialDelaySeconds"] == 30
     assert agent["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert agent["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert agent["ports"] == [{"name": "api", "containerPort": 8080}]
     env = {item["name"]: item.get("value") for item in agent["env"]}
     # the probe port is where the agent listens: the config in the ConfigMap plus the overlay's env
@@ -195,6 +196,29 @@ def test_rules_configmap_is_mounted_as_a_directory_so_edits_reach_the_pod() -> N
     assert rules["groups"][0]["rules"][0]["alert"] == "EngineDown"
     service = find(rendered("base"), "Service")
     assert service["metadata"]["annotations"]["prometheus.io/scrape"] == "true"
+
+
+def test_config_wires_the_engine_records_and_the_rules_into_the_pod(tmp_path: Path) -> None:
+    resources = rendered("overlays/gpu")
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(find(resources, "ConfigMap", "dsagent-config")["data"]["config.yaml"])
+    config = load_config(config_file, environ={})
+    engine_args = container(find(resources, "DaemonSet")["spec"]["template"]["spec"], "engine")["args"]
+    receiver = config.sources.otlp_receiver
+    assert engine_args[engine_args.index("--otlp-endpoint") + 1] == f"http://{receiver.host}:{receiver.port}"
+    # the image installs the default packs under sys.prefix (/usr/local in python:3.11-slim) as data files
+    assert "/usr/local/share/dsagent/rules/*.yaml" in config.rules.paths
+    assert '"share/dsagent/rules"' in (REPO_ROOT / "pyproject.toml").read_text()
+    assert "/etc/dsagent/rules/*.yaml" in config.rules.paths
+
+
+def test_site_rules_pass_the_rules_checker(tmp_path: Path) -> None:
+    from dsagent.cli import app
+    from typer.testing import CliRunner
+
+    site = KUBE / "base" / "rules" / "site.yaml"
+    result = CliRunner().invoke(app, ["rules", "check", str(site)])
+    assert result.exit_code == 0 and "SUCCESS" in result.output, result.output
 
 
 def test_renderer_refuses_what_it_does_not_support(tmp_path: Path) -> None:

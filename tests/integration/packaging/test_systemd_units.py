@@ -106,6 +106,8 @@ def test_install_script_is_idempotent_and_keeps_operator_config(tmp_path: Path) 
     second = _install(tmp_path)
     assert "installed" not in second and "created" not in second, second
     assert "edited by the operator" in config.read_text()
+    site_rules = tmp_path / "etc" / "dsagent" / "rules" / "site.yaml"
+    assert site_rules.read_text() == (SYSTEMD / "site-rules.yaml").read_text()
 
     with_control = _install(tmp_path, "--enable-gpu-control")
     assert (units / "dsagent.service.d" / "gpu-control.conf").is_file() and "installed" in with_control
@@ -129,3 +131,16 @@ def test_install_script_refuses_unknown_options() -> None:
 def test_example_config_is_a_valid_agent_config() -> None:
     config = load_config(SYSTEMD / "config.yaml", environ={})
     assert config.server.port == 9464
+    # the packs the venv installs as data files, then the host's own rules (which install.sh seeds)
+    assert config.rules.paths == ["/opt/dsagent/share/dsagent/rules/*.yaml", "/etc/dsagent/rules/*.yaml"]
+
+
+def test_site_rules_pass_the_rules_checker_and_match_the_kubernetes_example() -> None:
+    import yaml
+    from dsagent.cli import app
+    from typer.testing import CliRunner
+
+    result = CliRunner().invoke(app, ["rules", "check", str(SYSTEMD / "site-rules.yaml")])
+    assert result.exit_code == 0 and "SUCCESS" in result.output, result.output
+    kubernetes_example = REPO_ROOT / "packaging" / "kubernetes" / "base" / "rules" / "site.yaml"
+    assert yaml.safe_load((SYSTEMD / "site-rules.yaml").read_text()) == yaml.safe_load(kubernetes_example.read_text())

@@ -39,7 +39,7 @@ def test_configuration_reference_lists_every_section_and_metric_reference_every_
 
 
 def test_every_relative_link_in_the_docs_resolves() -> None:
-    for page in [*DOCS.glob("*.md"), REPO_ROOT / "README.md"]:
+    for page in [*DOCS.glob("*.md"), REPO_ROOT / "README.md", REPO_ROOT / "rules" / "README.md"]:
         for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
             if "://" in target:
                 continue
