@@ -1,7 +1,8 @@
 """The dashboards against the real thing: `dsagent run` on the embedded default (the builtin sidecar on the
 tiny demo model, two simulated GPUs since this machine has none) ships into the fake Elasticsearch while
 requests flow; then every panel column's query (tests/integration/dashboards) selects documents, except the
-few whose data this setup cannot produce, each listed with the reason.
+few whose data this setup cannot produce, each listed with the reason. SIGHUP (the systemd unit's
+ExecReload) then reloads the rules without ending the agent.
 
 Slow: the sidecar imports torch and loads the model (~20-40 s on 2 cores).
 """
@@ -76,6 +77,11 @@ def test_panels_have_documents_after_the_embedded_default_ships(tiny_model_dir: 
             while time.monotonic() < deadline and set(missing) - set(NOT_PRODUCED_HERE):
                 time.sleep(2)
                 missing = empty()
+            # what `systemctl reload dsagent` (ExecReload=kill -HUP) does: the rules reload, the agent stays up
+            agent.send_signal(signal.SIGHUP)
+            time.sleep(2)
+            assert agent.poll() is None, "SIGHUP (systemctl reload) ended the agent"
+            assert httpx.get(f"{api}/healthz", timeout=5).status_code == 200
         finally:
             agent.send_signal(signal.SIGTERM)
             try:
