@@ -263,11 +263,11 @@ def _extrapolated_rate(ev: Evaluator, node: Any, matrix: Matrix, is_counter: boo
             continue
         result = points[-1][1] - points[0][1]
         if is_counter:
-            last = 0.0
-            for _, v in points:
-                if v < last:
-                    result += last
-                last = v
+            previous = points[0][1]
+            for _, v in points[1:]:
+                if v < previous:
+                    result += previous
+                previous = v
         duration_to_start = (points[0][0] - range_start) / 1000
         duration_to_end = (range_end - points[-1][0]) / 1000
         sampled_interval = (points[-1][0] - points[0][0]) / 1000
@@ -280,9 +280,10 @@ def _extrapolated_rate(ev: Evaluator, node: Any, matrix: Matrix, is_counter: boo
         extrapolate_to = sampled_interval
         extrapolate_to += duration_to_start if duration_to_start < threshold else average_between / 2
         extrapolate_to += duration_to_end if duration_to_end < threshold else average_between / 2
-        result = result * _div(extrapolate_to, sampled_interval)
+        factor = _div(extrapolate_to, sampled_interval)
         if is_rate:
-            result = result / (range_ms / 1000)
+            factor /= range_ms / 1000
+        result *= factor
         out.append(Sample(_drop_name(labels), result))
     return out
 
@@ -435,7 +436,7 @@ def bucket_quantile(q: float, buckets: list[tuple[float, float]]) -> float:
         bucket_start = coalesced[b - 1][0]
         count -= coalesced[b - 1][1]
         rank -= coalesced[b - 1][1]
-    return bucket_start + (bucket_end - bucket_start) * (rank / count)
+    return bucket_start + (bucket_end - bucket_start) * _div(rank, count)
 
 
 def _parse_go_float(text: str) -> float | None:
@@ -478,6 +479,54 @@ def _safe(fn: Callable[[float], float]) -> Callable[[float], float]:
             return math.nan
 
     return call
+
+
+_LN2 = 0.693147180559945309417232121458176568
+_LN10 = 2.30258509299404568401799145468436421
+
+
+def go_log(x: float) -> float:
+    """Go's math.Log (FreeBSD e_log.c, as Go runs it on amd64): C's log differs from it in the last place."""
+    if math.isnan(x) or x == math.inf:
+        return x
+    if x < 0:
+        return math.nan
+    if x == 0:
+        return -math.inf
+    ln2_hi, ln2_lo = 6.93147180369123816490e-01, 1.90821492927058770002e-10
+    l1, l2, l3 = 6.666666666666735130e-01, 3.999999999940941908e-01, 2.857142874366239149e-01
+    l4, l5, l6, l7 = 2.222219843214978396e-01, 1.818357216161805012e-01, 1.531383769920937332e-01, 1.479819860511658591e-01
+    f1, ki = math.frexp(x)
+    if f1 < math.sqrt(2) / 2:
+        f1 *= 2
+        ki -= 1
+    f = f1 - 1
+    k = float(ki)
+    s = f / (2 + f)
+    s2 = s * s
+    s4 = s2 * s2
+    t1 = s2 * (l1 + s4 * (l3 + s4 * (l5 + s4 * l7)))
+    t2 = s4 * (l2 + s4 * (l4 + s4 * l6))
+    r = t1 + t2
+    hfsq = 0.5 * f * f
+    return k * ln2_hi - ((hfsq - (s * (hfsq + r) + k * ln2_lo)) - f)
+
+
+def go_log2(value: float) -> float:
+    """Go's math.Log2: exact for powers of two, else Log(frac)/Ln2 + exp (not C's log2)."""
+    if value <= 0 or math.isnan(value) or math.isinf(value):
+        return _safe(math.log2)(value)
+    frac, exp = math.frexp(value)
+    if frac == 0.5:
+        return float(exp - 1)
+    return go_log(frac) * (1 / _LN2) + float(exp)
+
+
+def go_log10(value: float) -> float:
+    """Go's math.Log10 = Log2(x) * (Ln2/Ln10), which differs from C's log10 in the last place."""
+    if value <= 0 or math.isnan(value) or math.isinf(value):
+        return _safe(math.log10)(value)
+    return go_log2(value) * (_LN2 / _LN10)
 
 
 def _round_to(value: float, to_nearest: float) -> float:
@@ -612,9 +661,9 @@ FUNCTIONS: dict[str, Callable[[Evaluator, Any, list[Any]], Value]] = {
     "floor": _simple(math.floor),
     "sqrt": _simple(_safe(math.sqrt)),
     "exp": _simple(_safe(math.exp)),
-    "ln": _simple(_safe(math.log)),
-    "log2": _simple(_safe(math.log2)),
-    "log10": _simple(_safe(math.log10)),
+    "ln": _simple(go_log),
+    "log2": _simple(go_log2),
+    "log10": _simple(go_log10),
     "sgn": _simple(lambda v: v if math.isnan(v) else float((v > 0) - (v < 0))),
     "round": lambda ev, node, args: [Sample(_drop_name(s.labels), _round_to(s.value, args[1] if len(args) > 1 else 1.0))
                                       for s in args[0]],
@@ -1049,7 +1098,7 @@ def aggregate(op: str, vector: Vector, grouping: list[str], without: bool, param
                     continue
                 if not math.isinf(value) and not math.isnan(value):
                     continue
-            group["mean"] = mean + value / group["count"] - mean / group["count"]
+            group["mean"] = mean + (value / group["count"] - mean / group["count"])
         elif op == "max":
             if group["value"] < value or math.isnan(group["value"]):
                 group["value"] = value

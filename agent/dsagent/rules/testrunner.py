@@ -58,7 +58,8 @@ class TestStorage:
 
     __test__ = False  # not a pytest class
 
-    def __init__(self) -> None:
+    def __init__(self, reverse_selection: bool = False) -> None:
+        self.reverse_selection = reverse_selection
         self.series: dict[tuple[tuple[str, str], ...], _Series] = {}
         self.by_name: dict[str, list[_Series]] = {}
 
@@ -80,7 +81,9 @@ class TestStorage:
     def _select(self, name: str | None, matchers: list[LabelMatcher] | Any) -> list[_Series]:
         candidates = self.by_name.get(name, []) if name is not None else list(self.series.values())
         selected = [s for s in candidates if all(m.matches(s.labels) for m in matchers)]
-        return sorted(selected, key=lambda s: sorted(s.labels.items()))
+        # Creation order, as Prometheus's head returns series (by series ref) to an unsorted Select: the
+        # order sums and averages add in, so results agree with promtool to the last bit.
+        return selected[::-1] if self.reverse_selection else selected
 
     def instant(self, name: str | None, matchers: Any, at_ms: int, lookback_ms: int) -> list[tuple[Labels, int, float]]:
         out = []
@@ -164,6 +167,8 @@ def parse_series_labels(text: str) -> Labels:
     """`name{a="b"}` or `{__name__="x", a="b"}` -> labels (promtool's series syntax)."""
     import promql_parser as pp
 
+    if text.strip() in ("{}", ""):
+        return {}
     try:
         node = pp.parse(text)
     except ValueError as exc:
@@ -343,9 +348,11 @@ def run_file(path: str | Path) -> FileResult:
     return result
 
 
-def _run_group(tg: dict[str, Any], eval_interval_ms: int, order: dict[str, int], rule_files: list[Path]) -> list[str]:
+def _run_group(tg: dict[str, Any], eval_interval_ms: int, order: dict[str, int], rule_files: list[Path],
+               observed: dict[str, Any] | None = None, reverse_selection: bool = False) -> list[str]:
+    """One test group; `observed` (when given) collects what was got, for corpus generators."""
     errors: list[str] = []
-    storage = TestStorage()
+    storage = TestStorage(reverse_selection)
     try:
         interval_ms = _duration_ms(tg.get("interval"), "interval")
         for item in tg.get("input_series") or []:
@@ -392,16 +399,16 @@ def _run_group(tg: dict[str, Any], eval_interval_ms: int, order: dict[str, int],
             for case in alert_tests:
                 if _duration_ms(case.get("eval_time"), "eval_time") != t:
                     continue
-                errors.extend(_check_alerts(tg, case, groups, t, events))
+                errors.extend(_check_alerts(tg, case, groups, t, events, observed))
             current += 1
         ts += eval_interval_ms
     for case in tg.get("promql_expr_test") or []:
-        errors.extend(_check_expr(case, storage))
+        errors.extend(_check_expr(case, storage, observed))
     return errors
 
 
 def _check_alerts(tg: dict[str, Any], case: dict[str, Any], groups: list[Group], t_ms: int,
-                  events: list[RuleEvent]) -> list[str]:
+                  events: list[RuleEvent], observed: dict[str, Any] | None = None) -> list[str]:
     name = str(case["alertname"])
     got: list[tuple[Labels, Labels]] = []
     for group in groups:
@@ -416,6 +423,9 @@ def _check_alerts(tg: dict[str, Any], case: dict[str, Any], groups: list[Group],
         expected.append(({k: v for k, v in labels.items() if v != ""}, {k: v for k, v in annotations.items() if v != ""}))
     got.sort(key=_alert_sort_key)
     expected.sort(key=_alert_sort_key)
+    if observed is not None:
+        observed.setdefault("alerts", {})[(name, t_ms)] = got
+        observed.setdefault("events", {})[(name, t_ms)] = [e for e in events if e.rule == name]
     errors = []
     if got != expected:
         test_name = f"    name: {tg['name']},\n" if tg.get("name") else ""
@@ -456,12 +466,14 @@ def _check_actions(tg: dict[str, Any], case: dict[str, Any], name: str, t_ms: in
             f"        got: {json.dumps(got, sort_keys=True, default=str)}"]
 
 
-def _check_expr(case: dict[str, Any], storage: TestStorage) -> list[str]:
+def _check_expr(case: dict[str, Any], storage: TestStorage, observed: dict[str, Any] | None = None) -> list[str]:
     expr = str(case.get("expr", ""))
     t_ms = _duration_ms(case.get("eval_time"), "eval_time")
     try:
         value = promql.evaluate(storage, expr, t_ms / 1000.0)
     except promql.PromQLError as exc:
+        if observed is not None:
+            observed.setdefault("expr_errors", {})[(expr, t_ms)] = str(exc)
         return [f"    expr: {go_quote(expr)}, time: {model_duration(t_ms)}, err: {exc}"]
     got: list[tuple[Labels, float]]
     if isinstance(value, promql.Scalar):
@@ -479,6 +491,8 @@ def _check_expr(case: dict[str, Any], storage: TestStorage) -> list[str]:
         expected.append((labels, float(sample.get("value", 0))))
     key = lambda item: sorted(item[0].items())  # noqa: E731
     got.sort(key=key)
+    if observed is not None:
+        observed.setdefault("samples", {})[(expr, t_ms)] = got
     expected.sort(key=key)
     same = len(got) == len(expected) and all(g[0] == e[0] and g[1] == e[1] for g, e in zip(got, expected, strict=True))
     if same:
@@ -509,3 +523,19 @@ def run_files(paths: list[str], out: Any, err: Any) -> int:
             print("  SUCCESS", file=out)
         print(file=out)
     return 1 if failed else 0
+
+
+def observe(test_file: str | Path, reverse_selection: bool = False) -> tuple[list[str], list[dict[str, Any]]]:
+    """Run a test file and return (errors, per test group what was got): for corpus generators."""
+    data = load_yaml(Path(test_file).read_text(encoding="utf-8"))
+    base = Path(test_file).parent
+    rule_files = [Path(m) for p in data.get("rule_files") or [] for m in sorted(glob.glob(str(base / p)))]
+    interval = _duration_ms(data.get("evaluation_interval"), "evaluation_interval") or 60_000
+    order = {name: i for i, name in enumerate(data.get("group_eval_order") or [])}
+    errors: list[str] = []
+    observed_groups = []
+    for tg in data.get("tests") or []:
+        observed: dict[str, Any] = {}
+        errors.extend(_run_group(tg, interval, order, rule_files, observed, reverse_selection))
+        observed_groups.append(observed)
+    return errors, observed_groups
