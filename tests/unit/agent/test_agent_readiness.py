@@ -139,3 +139,16 @@ def test_xid_errors_are_a_counter_per_code_and_an_event(tmp_path: Path) -> None:
         agent.stop()
     events = list((tmp_path / "export").glob("logs-dsagent.events*.ndjson"))
     assert events and '"gpu_xid_error"' in events[0].read_text()
+
+
+def test_slo_quantiles_vanish_when_the_window_has_no_requests(tmp_path: Path) -> None:
+    from dsagent.samples import RequestRecord
+
+    agent = agent_with(tmp_path, **{"server.slo_window_seconds": 0.5})
+    agent.on_request_records([RequestRecord("r1", time.time(), generation_time_seconds=2.0)])
+    agent.collect_once()
+    assert "inference_latency_p99_seconds" in render_prometheus(fresh_samples(agent.store, time.time(), 60))
+    time.sleep(0.7)
+    agent.collect_once()
+    text = render_prometheus(fresh_samples(agent.store, time.time(), 60))
+    assert "inference_latency_p99_seconds" not in text  # not its last value for the whole lookback
