@@ -8,8 +8,8 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from dsagent.samples import RequestRecord
 from dsagent.otlp_listener import OtlpReceiverServer
+from dsagent.samples import RequestRecord
 from opentelemetry.exporter.otlp.proto.http import Compression
 from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
