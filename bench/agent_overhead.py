@@ -8,7 +8,12 @@ sidecar running, next to two baselines measured in the same window on the same m
 Targets (issue 5): agent < 0.5 % of one core, < 80 MB RSS. Only the agent process is measured, not the
 sidecar it supervises. A light request load (--request-rate per second) keeps the OTLP path busy.
 
-    .venv/bin/python bench/agent_overhead.py [--seconds 60] [--full] [--json FILE]
+The agent row runs without rules (the collection tick alone). --rules loads the shipped default packs plus
+generated alerting rules, 100 in all, over the same series (the rules issue's load). --with-page-client
+adds a second window on the same agent with the live page open: one client doing what the page does
+(the page's query_range backfill once, then its event stream at 1 Hz), measured against the first window.
+
+    .venv/bin/python bench/agent_overhead.py [--seconds 60] [--full] [--rules] [--with-page-client] [--json FILE]
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import subprocess
@@ -141,12 +147,84 @@ def request_load(engine_url: str, rate_per_second: float, stop: threading.Event,
                 counts["failed"] += 1
 
 
+RULE_COUNT = 100
+GENERATED_RULES = [  # expressions over the series the agent collects; thresholds vary with the index
+    'avg_over_time(dsagent_gpu_utilization_ratio{{gpu_index="{gpu}"}}[5m]) > 0.{digit}',
+    'max by (gpu_index) (dsagent_gpu_temperature_celsius) > {threshold}',
+    'histogram_quantile(0.99, sum by (le) (rate(inference_latency_seconds_bucket[5m]))) > 0.{digit}',
+    'sum(rate(inference_requests_total[1m])) > {threshold}',
+    'dsagent_engine_requests_waiting > {digit}',
+    'increase(dsagent_gpu_xid_errors_total{{gpu_index="{gpu}"}}[10m]) > 0',
+    'avg(dsagent_gpu_memory_used_bytes / dsagent_gpu_memory_total_bytes) > 0.{digit}',
+    'inference_latency_p99_seconds > 0.{digit} and inference_qps > {digit}',
+]
+
+
+def write_rule_files(directory: Path) -> list[str]:
+    """The default packs plus generated rules up to RULE_COUNT; returns the rules.paths entries."""
+    from dsagent.rules.config import default_pack_paths
+
+    packs = default_pack_paths()
+    shipped = sum(len(re.findall(r"^\s*- (?:alert|record):", path.read_text(), re.M))
+                  for pattern in packs for path in Path(pattern).parent.glob(Path(pattern).name))
+    lines = ["groups:", "  - name: generated", "    interval: 15s", "    rules:"]
+    for index in range(max(0, RULE_COUNT - shipped)):
+        expr = GENERATED_RULES[index % len(GENERATED_RULES)].format(
+            gpu=index % 8, digit=1 + index % 9, threshold=50 + index)
+        lines += [f"      - alert: Generated{index}", f"        expr: '{expr}'", "        for: 1m"]
+    generated = directory / "generated-rules.yaml"
+    generated.write_text("\n".join(lines) + "\n")
+    return [*packs, str(generated)]
+
+
+def page_queries() -> tuple[list[str], list[str]]:
+    """(chart selectors backfilled with query_range, every selector on the page's stream), read from page.js."""
+    script = (REPO_ROOT / "agent" / "dsagent" / "page" / "static" / "page.js").read_text()
+    charts = sorted(set(re.findall(r'\{q: "([a-zA-Z_:][a-zA-Z0-9_:]*)"', script)))
+    stream = sorted(set(re.findall(r'"((?:inference|dsagent)_[^"]+)"', script)))
+    return charts, stream
+
+
+def page_client(api_url: str, stop: threading.Event, counts: dict[str, int]) -> None:
+    """What an open page costs the agent: the static files, one backfill, then the event stream."""
+    charts, stream = page_queries()
+    with httpx.Client(timeout=30) as client:
+        for path in ("/", "/page/static/page.js", "/page/static/uPlot.iife.min.js", "/page/static/page.css"):
+            client.get(api_url + path).raise_for_status()
+        end = time.time()
+        for query in charts:
+            client.get(api_url + "/api/v1/query_range",
+                       params={"query": query, "start": end - 330, "end": end, "step": 1}).raise_for_status()
+        with client.stream("GET", api_url + "/api/page/events", params=[("query", q) for q in stream]) as response:
+            response.raise_for_status()
+            for line in response.iter_lines():
+                if line.startswith("event: tick"):
+                    counts["events"] += 1
+                if stop.is_set():
+                    break
+
+
+def measure(meters: dict[str, Meter], seconds: float) -> dict[str, dict[str, float]]:
+    for meter in meters.values():
+        meter.begin()
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for meter in meters.values():
+            meter.sample()
+        time.sleep(1.0)
+    return {name: meter.result() for name, meter in meters.items()}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=60.0, help="measurement window after warm-up")
     parser.add_argument("--warmup", type=float, default=10.0, help="seconds after the engine is ready")
     parser.add_argument("--request-rate", type=float, default=1.0, help="requests per second to the sidecar")
     parser.add_argument("--full", action="store_true", help="10-minute window")
+    parser.add_argument("--rules", action="store_true",
+                        help=f"load the default rule packs plus generated rules, {RULE_COUNT} in all")
+    parser.add_argument("--with-page-client", action="store_true",
+                        help="a second window with the live page open (backfill + event stream at 1 Hz)")
     parser.add_argument("--json", type=Path, default=None, help="write {figures, env} here")
     args = parser.parse_args()
     seconds = 600.0 if args.full else args.seconds
@@ -157,6 +235,11 @@ def main() -> int:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DSAGENT_", "DSSIDECAR_"))}
     env.update({"DSAGENT_SOURCES__GPU__BACKEND": "fake", "DSAGENT_SOURCES__GPU__FAKE_GPU_COUNT": "8",
                 "DSAGENT_ENGINE__EXTRA_ARGS": "[--num-threads, '1']", "DSAGENT_LOG_LEVEL": "WARNING"})
+    if args.rules:
+        rule_paths = write_rule_files(data_dir)
+        env["DSAGENT_RULES__PATHS"] = "[" + ", ".join(f"'{path}'" for path in rule_paths) + "]"
+    else:
+        env["DSAGENT_RULES__ENABLED"] = "false"  # the collection tick alone
     dsagent = Path(sys.executable).parent / "dsagent"
     agent_log = open(data_dir / "agent.out", "wb")
     print(f"starting the agent + sidecar (data in {data_dir}) ...", flush=True)
@@ -166,23 +249,27 @@ def main() -> int:
     baselines: list[subprocess.Popen[str]] = []
     stop = threading.Event()
     counts = {"ok": 0, "failed": 0}
+    page_counts = {"events": 0}
     try:
         wait_ready(api_url, 300, agent)
         baselines = [start_python(IDLE_IMPORTS), start_python(COLLECTOR_ONLY, engine_url)]
         loader = threading.Thread(target=request_load, args=(engine_url, args.request_rate, stop, counts), daemon=True)
         loader.start()
         time.sleep(args.warmup)
-        meters = {"agent (dsagent run)": Meter(agent.pid), "baseline: idle-imports": Meter(baselines[0].pid),
+        agent_row = "agent (dsagent run, " + (f"{RULE_COUNT} rules)" if args.rules else "no rules)")
+        meters = {agent_row: Meter(agent.pid), "baseline: idle-imports": Meter(baselines[0].pid),
                   "baseline: collector-only": Meter(baselines[1].pid)}
-        for meter in meters.values():
-            meter.begin()
         print(f"measuring for {seconds:g} s ...", flush=True)
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            for meter in meters.values():
-                meter.sample()
-            time.sleep(1.0)
-        results = {name: meter.result() for name, meter in meters.items()}
+        results = measure(meters, seconds)
+        if args.with_page_client:
+            page_stop = threading.Event()
+            client = threading.Thread(target=page_client, args=(api_url, page_stop, page_counts), daemon=True)
+            client.start()
+            time.sleep(5.0)  # backfill done, stream running
+            print(f"measuring for {seconds:g} s with the page open ...", flush=True)
+            results["agent with the page open"] = measure({"page": Meter(agent.pid)}, seconds)["page"]
+            page_stop.set()
+            client.join(5.0)
         status = httpx.get(api_url + "/api/status", timeout=5).json()
     finally:
         stop.set()
@@ -199,12 +286,18 @@ def main() -> int:
     for name, figures in results.items():
         print(f"{name:28} {figures['cpu_percent_of_one_core']:18.2f} {figures['rss_mb_last']:14.1f} "
               f"{figures['rss_mb_max']:13.1f}")
-    agent_figures = results["agent (dsagent run)"]
+    agent_figures = results[agent_row]
     print(f"\nwindow {seconds:g} s; requests ok {counts['ok']} failed {counts['failed']}; "
           f"agent received {status['agent']['requests_received_total']} request records; "
           f"GPUs seen {len(status['gpus']['devices'])}; store series {status['store']['series']}")
-    print(f"targets: CPU < 0.5 % -> {'met' if agent_figures['cpu_percent_of_one_core'] < 0.5 else 'NOT met'}; "
-          f"RSS < 80 MB -> {'met' if agent_figures['rss_mb_max'] < 80 else 'NOT met'}")
+    if status.get("rules"):
+        print(f"rules: {json.dumps(status['rules'])[:300]}")
+    for row in [agent_row] + (["agent with the page open"] if args.with_page_client else []):
+        figures = results[row]
+        print(f"targets ({row}): CPU < 0.5 % -> {'met' if figures['cpu_percent_of_one_core'] < 0.5 else 'NOT met'}; "
+              f"RSS < 80 MB -> {'met' if figures['rss_mb_max'] < 80 else 'NOT met'}")
+    if args.with_page_client:
+        print(f"page client: {page_counts['events']} stream events received")
     print(f"agent exit code on SIGTERM: {agent.returncode}")
     shutil.rmtree(data_dir, ignore_errors=True)
 
@@ -219,7 +312,13 @@ def main() -> int:
             "collector_only_rss_mb_max": results["baseline: collector-only"]["rss_mb_max"],
             "window_seconds": seconds,
             "requests_ok": counts["ok"],
+            "rules_loaded": RULE_COUNT if args.rules else 0,
         }
+        if args.with_page_client:
+            page = results["agent with the page open"]
+            figures["agent_with_page_cpu_percent_of_one_core"] = page["cpu_percent_of_one_core"]
+            figures["agent_with_page_rss_mb_max"] = page["rss_mb_max"]
+            figures["page_stream_events"] = page_counts["events"]
         try:  # the shared writer (same env block as every benchmark) when bench/common.py is present
             from bench.common import write_json
         except ImportError:

@@ -153,14 +153,11 @@ def fallback_query_instant(store: TimeSeriesStore, text: str, at_seconds: float,
     if isinstance(expr, promql_parser.MatrixSelector):
         name, matchers, offset = _selector_parts(expr.vector_selector)
         end = at_seconds - offset
+        # [end - range, end], both ends included, as Prometheus 2.x (and dsagent.rules.promql) select
         windows = store.range_query(name, matchers, end - expr.range.total_seconds(), end)
-        # Prometheus's range selector is left-open: (end - range, end]
-        result = []
-        for window in windows:
-            points = [[format_time(t), format_value(v)] for t, v in window.points if t > end - expr.range.total_seconds()]
-            if points:
-                result.append({"metric": _metric(window.name, window.labels), "values": points})
-        return {"resultType": "matrix", "result": result}
+        return {"resultType": "matrix", "result": [
+            {"metric": _metric(w.name, w.labels), "values": [[format_time(t), format_value(v)] for t, v in w.points]}
+            for w in windows]}
     raise _refuse(expr)
 
 

@@ -148,8 +148,11 @@ def test_live_page_shows_the_node_in_a_real_browser(agent: dict[str, Any], brows
     assert len(rows) == GPU_COUNT
     assert all("Simulated" in row.text for row in rows)
     assert float(browser.find_element(By.ID, "slo-qps").text) > 0
-    assert "no rules loaded" in browser.find_element(By.ID, "rules-panel").text or \
-        browser.find_elements(By.CSS_SELECTOR, "#rules-table tbody tr")
+    # the embedded default loads the shipped rule packs: each rule with its state, the p99 SLO drawn
+    rules_text = wait_for("the rule table", lambda: browser.find_element(By.ID, "rules-table").text)
+    assert "slo/HighP99Latency" in rules_text and "inactive" in rules_text, rules_text
+    legend = browser.find_element(By.ID, "chart-latency").text
+    assert "SLO: HighP99Latency (200 ms)" in legend, legend
     assert browser.find_element(By.CSS_SELECTOR, "#export-table tbody").text.startswith("file")
     assert not browser.find_element(By.ID, "banner").is_displayed()
 

@@ -227,3 +227,17 @@ def test_values_are_written_like_go_formats_floats() -> None:
 @given(st.floats(allow_nan=False, allow_infinity=False))
 def test_formatted_values_parse_back_exactly(value: float) -> None:
     assert float(format_value(value)) == value
+
+
+def test_fallback_range_selector_includes_both_ends_like_the_evaluator(store: TimeSeriesStore) -> None:
+    data = fallback_query_instant(store, 'dsagent_gpu_utilization_ratio{gpu_index="0"}[10s]', NOW)
+    assert [t for t, _ in data["result"][0]["values"]] == [NOW - 10 + i for i in range(11)]
+
+
+def test_fallback_answers_selectors_the_same_as_the_api(store: TimeSeriesStore) -> None:
+    client = client_for(store)
+    for text in ('dsagent_gpu_utilization_ratio{gpu_index=~"1.*"}', "dsagent_up", "2.5"):
+        assert fallback_query_instant(store, text, NOW) == ok(client.get("/api/v1/query", params={"query": text}))
+    ranged = ok(client.get("/api/v1/query_range", params={
+        "query": 'dsagent_gpu_utilization_ratio{gpu_index="1"}', "start": NOW - 30, "end": NOW, "step": "7"}))
+    assert fallback_query_range(store, 'dsagent_gpu_utilization_ratio{gpu_index="1"}', NOW - 30, NOW, 7) == ranged

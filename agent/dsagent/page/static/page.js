@@ -28,14 +28,16 @@ const CHARTS = [
   {id: "chart-gpu", unit: "%", series: [{q: "dsagent_gpu_utilization_ratio", labelBy: "gpu_index", prefix: "GPU ", scale: 100}]},
 ];
 const REQUESTS_QUERY = "inference_requests_total";
-const TABLE_QUERIES = ["dsagent_gpu_sm_clock_hertz", "dsagent_gpu_memory_clock_hertz", "dsagent_gpu_clock_throttle_active",
+// active throttle reasons only (a comparison filter: 9 reasons x N GPUs would be most of each event's bytes)
+const THROTTLE_QUERY = "dsagent_gpu_clock_throttle_active > 0";
+const TABLE_QUERIES = ["dsagent_gpu_sm_clock_hertz", "dsagent_gpu_memory_clock_hertz", THROTTLE_QUERY,
   "dsagent_gpu_xid_errors_total", "dsagent_engine_knob_info"];
 const CHART_QUERIES = [...new Set(CHARTS.flatMap(c => c.series.map(s => s.q)))];
 const STREAM_QUERIES = [...CHART_QUERIES, REQUESTS_QUERY, ...TABLE_QUERIES];
 
 // ---- time series kept in the page: one shared time axis, one array per series ---------------------
 const state = {xs: [], series: new Map(), charts: new Map(), ticks: 0, lastEventMs: 0, windowSeconds: 600,
-  backfilled: false, source: null};
+  backfilled: false, source: null, sloLines: []};
 
 function seriesKey(query, metric) {
   const labels = Object.keys(metric).filter(k => k !== "__name__").sort().map(k => `${k}=${metric[k]}`).join(",");
@@ -186,7 +188,33 @@ function chartData(chart) {
   if (chart.derived === "errors") return {labels: ["error rate"], columns: [errorRateSeries()]};
   const entries = [...state.series.values()].filter(e => e.chartId === chart.id)
     .sort((a, b) => a.label.localeCompare(b.label, undefined, {numeric: true}));
-  return {labels: entries.map(e => e.label), columns: entries.map(e => e.scale === 1 ? e.ys : e.ys.map(v => v === null ? null : v * e.scale))};
+  const labels = entries.map(e => e.label);
+  const columns = entries.map(e => e.scale === 1 ? e.ys : e.ys.map(v => v === null ? null : v * e.scale));
+  if (chart.id === "chart-latency" && entries.length) {
+    for (const line of state.sloLines) {  // the SLO as the loaded rules state it, drawn across the window
+      labels.push(line.label);
+      columns.push(state.xs.map(() => line.value));
+    }
+  }
+  return {labels, columns};
+}
+
+// SLO lines: alerting rules comparing a latency/TTFT quantile with a constant (`histogram_quantile(0.99,
+// ...inference_latency_seconds_bucket...) > 0.2`, `inference_latency_p99_seconds > 0.2`).
+const SLO_THRESHOLD = />\s*([0-9.]+(?:e-?[0-9]+)?)\s*$/;
+const SLO_QUANTITY = /inference_(?:latency|ttft)/;
+const SLO_QUANTILE = /histogram_quantile|_p[0-9]{2}_/;
+function sloLinesFrom(groups) {
+  const lines = [];
+  for (const group of groups) for (const rule of group.rules || []) {
+    if (rule.type !== "alerting" || !rule.query) continue;
+    const query = rule.query.trim();
+    const match = SLO_THRESHOLD.exec(query);
+    if (!match || !SLO_QUANTITY.test(query) || !SLO_QUANTILE.test(query)) continue;
+    const value = parseFloat(match[1]);
+    lines.push({label: `SLO: ${rule.name} (${fmt(value, "s")})`, value});
+  }
+  return lines;
 }
 
 function renderCharts() {
@@ -213,7 +241,7 @@ function renderCharts() {
       series: [{}, ...labels.map((label, i) => ({label, stroke: COLORS[i % COLORS.length], width: 1.5,
         value: (u, v) => fmt(v, chart.unit)}))],
       axes: [{}, {size: 64, values: (u, vals) => vals.map(v => fmt(v, chart.unit))}],
-      scales: {x: {time: true}},
+      scales: {x: {time: true}, y: chart.unit === "%" ? {range: (u, min, max) => [0, Math.max(100, max || 0)]} : {}},
       legend: {live: true},
       cursor: {drag: {x: false, y: false}},
     };
@@ -297,7 +325,7 @@ function renderGpus(event, status) {
   const devices = gpus.devices || [];
   const sm = vectorByLabel(event, "dsagent_gpu_sm_clock_hertz", "gpu_index");
   const mem = vectorByLabel(event, "dsagent_gpu_memory_clock_hertz", "gpu_index");
-  const throttle = vectorByLabel(event, "dsagent_gpu_clock_throttle_active", "gpu_index");
+  const throttle = vectorByLabel(event, THROTTLE_QUERY, "gpu_index");
   const xid = vectorByLabel(event, "dsagent_gpu_xid_errors_total", "gpu_index");
   const gib = b => b == null ? "-" : `${(b / 2 ** 30).toFixed(1)} GiB`;
   const mhz = items => items && items[0].value != null ? `${(items[0].value / 1e6).toFixed(0)} MHz` : "-";
@@ -329,6 +357,7 @@ function renderRules(event) {
   if (rules && rules.error) { panelError("rules-panel", `rules: ${rules.error}`); return; }
   panelError("rules-panel", "");
   const groups = rules && rules.rules ? rules.rules.groups || [] : [];
+  state.sloLines = sloLinesFrom(groups);
   const rows = [];
   const nowSeconds = event.time;
   for (const group of groups) for (const rule of group.rules || []) {
