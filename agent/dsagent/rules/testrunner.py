@@ -124,8 +124,6 @@ def _number(text: str) -> float:
     if lowered in ("nan", "+nan", "-nan"):
         return math.nan
     try:
-        if lowered.lstrip("+-").startswith("0x"):
-            return float(int(lowered, 16))
         return float(text)
     except ValueError:
         raise SeriesFormatError(f"bad number {text!r} in series values") from None
@@ -147,7 +145,7 @@ def expand_values(text: str) -> list[float | None]:
             out.append(STALE_NAN)
             continue
         match = re.fullmatch(r"([+-]?[^+\-x]+?)(?:([+-][^x]+))?x(\d+)", item)
-        if match and not item.lower().lstrip("+-").startswith("0x"):
+        if match:  # `0x5` is six zeros here, never hex (promtool's series lexer)
             start = STALE_NAN if match.group(1) == "stale" else _number(match.group(1))
             times = int(match.group(3))
             if match.group(2) is None:

@@ -128,6 +128,8 @@ def handwritten_cases() -> list[dict[str, Any]]:
               {"series": 'ends_stale{k="v"}', "values": "1 2 3 stale"},
               {"series": 'gappy{k="v"}', "values": "1 _x6 5 _x3 7"}],
              times=["2m", "4m", "6m", "7m", "8m", "9m", "12m"]),
+        case("zero_repetitions", ["a", "count_over_time(a[20m])", "count_over_time(b[20m])", "sum_over_time(a[20m])"],
+             [{"series": "a", "values": "0x5 1x3"}, {"series": "b", "values": "0x2 _x3 7"}], times=["5m", "8m", "20m"]),
         case("interval_30s", ["rate(http_requests_total[2m])", "irate(http_requests_total[1m])", "avg_over_time(temp_celsius[90s])"],
              COUNTERS + GAUGES, interval="30s", times=["1m", "2m30s", "5m", "9m"]),
         case("interval_15s_eval_30s", ["increase(http_requests_total[1m])", "delta(temp_celsius[45s])"],
