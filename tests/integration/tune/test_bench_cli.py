@@ -55,6 +55,7 @@ def _bench(base_url: str, json_path: Path) -> dict[str, float]:
     return dict(json.loads(json_path.read_text()))
 
 
+@pytest.mark.slow
 def test_bench_figures_match_an_independent_client(tune_sidecar: SidecarProcess, tmp_path: Path) -> None:
     _plain_sequential(tune_sidecar.base_url)  # warm the server once
     ratios = []
@@ -74,6 +75,7 @@ def test_bench_figures_match_an_independent_client(tune_sidecar: SidecarProcess,
     assert 0.9 <= ratio <= 1.1, f"bench / plain sequential request throughput per round: {ratios}"
 
 
+@pytest.mark.slow
 def test_bench_window_mode_excludes_warmup(tune_sidecar: SidecarProcess, tmp_path: Path) -> None:
     json_path = tmp_path / "window.json"
     result = _dsagent("bench", tune_sidecar.base_url, "--workload", "tiny", "--duration", "2", "--warmup", "1",
