@@ -107,3 +107,19 @@ def test_unreachable_engine_is_one_line_and_nonzero(tmp_path: Path) -> None:
         assert result.returncode == 2
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and expected in lines[0] and url in lines[0], result.stderr
+
+
+def test_energy_objective_is_refused_without_a_gpu(tmp_path: Path) -> None:
+    from dsagent.tune.energy import EnergyMeter, EnergyUnavailable
+
+    try:
+        EnergyMeter().close()
+    except EnergyUnavailable:
+        pass
+    else:
+        pytest.skip("this machine has an NVIDIA GPU with an energy counter: the objective is allowed here")
+    result = _dsagent("tune", "--auto", "--objective", "energy", "--engine-url", "http://127.0.0.1:9",
+                      "--control-token", "x", "--output", str(tmp_path / "t"))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--objective energy refused" in lines[0], result.stderr
