@@ -106,4 +106,41 @@ def render_status(status: dict[str, Any]) -> Group:
     readiness = agent.get("readiness") or {}
     if readiness.get("stale"):
         header.add_row("[bold red]NOT READY[/]: " + "; ".join(str(reason) for reason in readiness["stale"]))
-    return Group(header, engine_table, gpu_table, slo_table, export_table, actions_table)
+    return Group(header, engine_table, gpu_table, slo_table, export_table, actions_table,
+                 *render_rules(status.get("rules")))
+
+
+def _action_text(action: Any) -> str:
+    if isinstance(action, dict) and action:
+        kind = next((k for k in action if k not in ("cooldown_seconds", "dry_run", "verify", "on")), "?")
+        options = action.get(kind)
+        text = kind + (" " + ", ".join(f"{k}={v}" for k, v in options.items()) if isinstance(options, dict) and options
+                       else "")
+        return text + (f" (on {action['on']})" if action.get("on") else "")
+    return str(action)
+
+
+def render_rules(rules: dict[str, Any] | None) -> list[Any]:
+    """The rules table: each rule's state (pending with the time left), last error, what firing would do."""
+    if not rules:
+        return []
+    title = f"Rules ({len(rules.get('files') or [])} files{', dry-run' if rules.get('dry_run') else ''})"
+    table = Table(title=title, title_justify="left")
+    for column in ("group", "rule", "state", "last eval", "would do / error"):
+        table.add_column(column)
+    for group in rules.get("groups") or []:
+        for rule in group.get("rules") or []:
+            state = rule.get("state") or ("recording" if rule.get("type") == "recording" else "-")
+            if state == "pending" and rule.get("pending_seconds_left") is not None:
+                state = f"pending ({rule['pending_seconds_left']:.0f} s left)"
+            elif state == "firing":
+                state = f"[bold red]firing[/] x{rule.get('firing', 1)}"
+            detail = f"[red]{rule['last_error']}[/]" if rule.get("last_error") else \
+                "; ".join(_action_text(a) for a in rule.get("actions") or [])
+            last = rule.get("last_evaluation_seconds")
+            table.add_row(str(group.get("name", "")) + ("" if group.get("enabled", True) else " (off)"),
+                          str(rule.get("name", "")), state, "-" if last is None else f"{last:.0f}", detail)
+    out: list[Any] = [table]
+    if rules.get("last_reload_error"):
+        out.append(f"[bold red]rule reload refused[/] (previous rules keep running): {rules['last_reload_error']}")
+    return out
