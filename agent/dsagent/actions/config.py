@@ -36,9 +36,9 @@ class ScaleTargetConfig(_Strict):
     """The Deployment or StatefulSet whose scale subresource `scale` actions change."""
 
     kind: Literal["Deployment", "StatefulSet"] = "Deployment"
-    name: str | None = None
+    name: str | None = Field(default=None, description="the Deployment/StatefulSet; empty = scale actions are skipped")
     namespace: str = "default"
-    kubeconfig: Path | None = None
+    kubeconfig: Path | None = Field(default=None, description="default: $KUBECONFIG or ~/.kube/config")
     context: str | None = None
     in_cluster: bool | None = Field(default=None, description="None: in-cluster config when inside a pod, else kubeconfig")
     api_url: str | None = Field(default=None, description="API server URL without auth (tests, kubectl proxy)")
@@ -55,26 +55,29 @@ class ScaleTargetConfig(_Strict):
 class NotifyConfig(_Strict):
     """Where `notify` actions send Alertmanager webhook payloads (version 4) when the rule names no url."""
 
-    url: str | None = None
+    url: str | None = Field(default=None, description="Alertmanager-compatible webhook receiver for notify actions")
     timeout_seconds: float = Field(default=5.0, gt=0)
-    external_url: str = "http://127.0.0.1"
+    external_url: str = Field(default="http://127.0.0.1", description="externalURL in the payload (the agent's page)")
 
 
 class ActionsConfig(_Strict):
     """The guard every Decision passes: global dry-run, cooldowns, rate limit, hysteresis, verify defaults."""
 
-    enabled: bool = True
-    dry_run: bool = False
-    cooldown_seconds: float = Field(default=60.0, ge=0)
-    scale_out_cooldown_seconds: float = Field(default=60.0, ge=0)
-    scale_in_cooldown_seconds: float = Field(default=300.0, ge=0)
+    enabled: bool = Field(default=True, description="rules' actions run (false: rules only alert)")
+    dry_run: bool = Field(default=False, description="every Decision is recorded as dry_run and nothing changes")
+    cooldown_seconds: float = Field(default=60.0, ge=0, description="per target: no second change sooner")
+    scale_out_cooldown_seconds: float = Field(default=60.0, ge=0, description="after a replica change, before a scale-out")
+    scale_in_cooldown_seconds: float = Field(default=300.0, ge=0, description="after a replica change, before a scale-in")
     hysteresis_seconds: float = Field(default=120.0, ge=0,
                                       description="a change reversing the target's last change waits this long")
-    max_changes: int = Field(default=10, ge=1)
-    window_seconds: float = Field(default=600.0, gt=0)
-    verify_settle_seconds: float = Field(default=30.0, ge=0)
-    verify_tolerance_ratio: float = Field(default=0.05, ge=0)
-    knob_bounds: dict[str, KnobBounds] = Field(default_factory=dict)
+    max_changes: int = Field(default=10, ge=1, description="rate limit: changes over all targets per window")
+    window_seconds: float = Field(default=600.0, gt=0, description="rate-limit window")
+    verify_settle_seconds: float = Field(default=30.0, ge=0, description="verify-after-apply waits this long, then "
+                                         "re-reads the rule's signal and rolls back a change that made it worse")
+    verify_tolerance_ratio: float = Field(default=0.05, ge=0, description="how much worse (share of the value at "
+                                          "decision time) still counts as no worse")
+    knob_bounds: dict[str, KnobBounds] = Field(default_factory=dict, description="operator limits per knob, "
+                                               "e.g. {max_batch_size: {min: 4, max: 64}}")
     scale: ScaleTargetConfig = Field(default_factory=ScaleTargetConfig)
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
     control_token_file: Path | None = Field(
