@@ -8,7 +8,6 @@ Decision carrying NVML's own reason ("Insufficient Permissions") - and telemetry
 from __future__ import annotations
 
 import pytest
-
 from dsagent.actions import ActuatorError, Decision, Reason
 from dsagent.actions.actuators.gpu import GpuActuator
 from dsagent.sources.gpu_backend import GpuUnavailable
