@@ -40,7 +40,7 @@ class Dispatcher:
         self.signal_for = signal_for
         self.clock = clock
         self._queue: queue.Queue[tuple[Any, float] | None] = queue.Queue()
-        self._queued_rules: set[tuple[str, str]] = set()
+        self._queued_rules: set[tuple[Any, ...]] = set()
         self._queued_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self.rules_dry_run = False  # rules.dry_run (`dsagent run --dry-run`): every rule Decision is a dry run
@@ -54,7 +54,7 @@ class Dispatcher:
         for event in events:
             if not getattr(event, "actions", None):
                 continue
-            key = (str(getattr(event, "rule", "")), str(getattr(event, "state", "")))
+            key = _event_key(event)
             with self._queued_lock:
                 if key in self._queued_rules:
                     continue
@@ -66,9 +66,11 @@ class Dispatcher:
         """Plan and submit every action of one rule event whose `on` matches its state (synchronous)."""
         state = str(getattr(event, "state", "firing"))
         outcomes = []
+        labels = dict(getattr(event, "labels", None) or {})
         for spec in getattr(event, "actions", None) or []:
             if spec.on != state:
                 continue
+            spec = _for_alert_gpu(spec, labels)
             reason = reason_from_event(event)
             signal = self.signal_for(event, spec) if self.signal_for is not None else None
             context = {"annotations": dict(getattr(event, "annotations", None) or {}),
@@ -128,7 +130,7 @@ class Dispatcher:
                 return
             event, _queued_at = item
             with self._queued_lock:
-                self._queued_rules.discard((str(getattr(event, "rule", "")), str(getattr(event, "state", ""))))
+                self._queued_rules.discard(_event_key(event))
             try:
                 self.handle_event(event)
             except Exception:  # one bad event must not stop the worker
@@ -148,3 +150,18 @@ class Dispatcher:
             self._queue.put(None)
             self._thread.join(timeout=5.0)
         self._thread = None
+
+
+def _event_key(event: Any) -> tuple[Any, ...]:
+    """One queued event per alert instance (rule, state and labels): two GPUs' alerts are two events."""
+    labels = getattr(event, "labels", None) or {}
+    return (str(getattr(event, "rule", "")), str(getattr(event, "state", "")), tuple(sorted(labels.items())))
+
+
+def _for_alert_gpu(spec: ActionSpec, labels: dict[str, str]) -> ActionSpec:
+    """A GPU action without `gpu:` on a per-GPU alert (label gpu_index) acts on that GPU, not on all."""
+    gpu_label = labels.get("gpu_index")
+    action = spec.action
+    if gpu_label is None or not gpu_label.isdigit() or getattr(action, "gpu", "absent") is not None:
+        return spec
+    return spec.model_copy(update={"action": action.model_copy(update={"gpu": int(gpu_label)})})

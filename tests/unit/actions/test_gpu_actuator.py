@@ -134,3 +134,18 @@ def test_nvml_locked_clocks_and_reset_calls() -> None:
     assert [c for c in nvml.calls if "Set" in c or "Reset" in c] == [
         "nvmlDeviceSetGpuLockedClocks", "nvmlDeviceSetApplicationsClocks",
         "nvmlDeviceResetGpuLockedClocks", "nvmlDeviceResetApplicationsClocks"]
+
+
+def test_a_per_gpu_alert_acts_on_its_own_gpu() -> None:
+    from dsagent.rules.events import RuleEvent
+
+    backend = simulated([0.0])
+    dispatcher, _ = make(backend)
+    events = [RuleEvent(rule="Hot", group="gpu", state="firing", labels={"gpu_index": str(i)}, annotations={},
+                        value=90.0, expr="dsagent_gpu_temperature_celsius > 85", active_since_seconds=0.0,
+                        at_seconds=1.0, actions=parse_actions([{"set_power_limit": {"watts": 400}}], "t"))
+              for i in (1, 0)]
+    dispatcher.on_rule_events(events)  # two alert instances: both queued, each on its own GPU
+    assert dispatcher.wait_idle(5)
+    assert sorted(index for _, index, _ in backend.control_calls) == [0, 1]
+    assert backend.power_limit_watts(0) == backend.power_limit_watts(1) == 400.0
