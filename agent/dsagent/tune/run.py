@@ -53,15 +53,26 @@ class TuneResult:
     best_figures: dict[str, Any] | None
     trials: int
     seconds: float
+    interrupted: bool = False
 
 
 def _raise(message: str, code: int = 2) -> None:
     raise RuntimeError(message)
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # SIGTERM ends a tune like Ctrl-C: report what finished, resumable
+
+
 def run_tune(request: TuneRequest, fail: Callable[..., None] = _raise) -> int:
-    """The CLI's entry: 0 when a feasible best was found, 1 when none was (the report is written either way)."""
+    """The CLI's entry: 0 when a feasible best was found, 1 when none was (the report is written either way);
+    130 when interrupted (Ctrl-C or SIGTERM) after writing the report of the finished trials."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _interrupt)
     result = tune_once(request, fail)
+    if result is not None and result.interrupted:
+        return 130
     if result is None:
         return 2
     return 0 if result.best_knobs is not None else 1
@@ -198,9 +209,12 @@ def _search(request: TuneRequest, engine_url: str, token: str, model_text: str, 
                "space_points": points, "seconds": time.monotonic() - started}
     paths = write_report(study, settings, dimensions, request.output, profile, context)
     _print_summary(console, study, settings, best, paths)
+    if tuner.interrupted:
+        console.print(f"interrupted: the report holds the finished trials; continue with "
+                      f"`dsagent tune --auto --resume --output {request.output}` and the same flags")
     return TuneResult(study, paths, dict(best.user_attrs.get("knobs", {})) if best else None,
                       dict(best.user_attrs.get("figures", {})) if best else None, len(study.trials),
-                      time.monotonic() - started)
+                      time.monotonic() - started, tuner.interrupted)
 
 
 def _print_summary(console: Any, study: Any, settings: Any, best: Any, paths: dict[str, Path]) -> None:

@@ -208,6 +208,7 @@ class Tuner:
         self.specs = workload.generate(request_count, seed=settings.seed)
         self.started = time.monotonic()
         self._repeats_in_a_row = 0
+        self.interrupted = False
         optuna.logging.set_verbosity(optuna.logging.ERROR)
         self.study = self._open_study(resume)
 
@@ -240,9 +241,21 @@ class Tuner:
             if stored != json.loads(json.dumps(identity, default=str)):
                 raise TuneError(f"--resume: the study in {self.output_dir} was made with other settings "
                                 f"(stored {json.dumps(stored, default=str)[:300]}); use the same flags or another --output")
-            for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+            for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                 study._storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
                 study.tell(trial.number, state=TrialState.FAIL)  # interrupted: never half-counted
+            # run the interrupted points first (a grid sampler would otherwise count them as visited)
+            cut = set(study.user_attrs.get("interrupted_trials", []))
+            measured = {json.dumps(t.params, sort_keys=True) for t in study.get_trials(
+                deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))}
+            waiting = {json.dumps(t.system_attrs.get("fixed_params", {}), sort_keys=True) for t in study.get_trials(
+                deepcopy=False, states=(TrialState.WAITING,))}
+            for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+                key = json.dumps(trial.params, sort_keys=True)
+                if (trial.user_attrs.get("interrupted") or trial.number in cut) and trial.params \
+                        and key not in measured and key not in waiting:
+                    study.enqueue_trial(dict(trial.params))
+                    waiting.add(key)
         else:
             study.set_user_attr("identity", json.loads(json.dumps(identity, default=str)))
             study.set_user_attr("started_unix_seconds", time.time())
@@ -250,9 +263,11 @@ class Tuner:
 
     def trials_done(self) -> int:
         """Trials that measured something (a repeat of a measured point is answered from it and not counted)."""
+        cut = set(self.study.user_attrs.get("interrupted_trials", []))
         return sum(1 for trial in self.study.get_trials(deepcopy=False)
                    if (trial.state in (TrialState.COMPLETE, TrialState.PRUNED)
-                       or (trial.state == TrialState.FAIL and not trial.user_attrs.get("interrupted")))
+                       or (trial.state == TrialState.FAIL and not trial.user_attrs.get("interrupted")
+                           and trial.number not in cut))
                    and "repeat_of" not in trial.user_attrs)
 
     def _measured_points(self) -> dict[str, FrozenTrial]:
@@ -275,6 +290,13 @@ class Tuner:
                     break
                 self.study.optimize(self._objective, n_trials=1, catch=(EngineKnobRefused,))
                 self._emit(self.study.trials[-1])
+        except KeyboardInterrupt:
+            # optuna marked the running trial failed; remember it was cut short so --resume does not count it
+            self.interrupted = True
+            cut = [t.number for t in self.study.get_trials(deepcopy=False) if t.state == TrialState.FAIL
+                   and t.datetime_complete is not None and "figures" not in t.user_attrs]
+            self.study.set_user_attr("interrupted_trials", sorted(set(self.study.user_attrs.get(
+                "interrupted_trials", [])) | set(cut)))
         finally:
             self._restore(original)
         return self.study
@@ -284,7 +306,8 @@ class Tuner:
             values = self.adapter.read_knobs()
         except EngineKnobRefused as exc:
             raise TuneError(str(exc)) from exc
-        return {d.name: values.get(d.name) for d in self.dimensions if values.get(d.name) is not None}
+        names = [d.name for d in self.dimensions] + ["require_accuracy_check"]  # the tuner may turn it on
+        return {name: values.get(name) for name in names if values.get(name) is not None}
 
     def _restore(self, original: dict[str, Any]) -> None:
         """Put the engine back as it was before the search (the best profile is applied by `tune apply`)."""

@@ -126,13 +126,18 @@ def test_resume_marks_an_interrupted_trial_failed_and_does_not_count_it(tmp_path
     done = first.study.ask()
     done.set_user_attr("knobs", {"max_batch_size": 1})
     first.study.tell(done, 2.0)
-    first.study.ask()  # the process died during this trial
+    cut = first.study.ask()  # the process died during this trial
+    cut.suggest_int("max_batch_size", 0, 1)
     with pytest.raises(TuneError, match="already holds a tune study; pass --resume"):
         _tuner(tmp_path, resume=False, max_trials=4)
     resumed = _tuner(tmp_path, resume=True, max_trials=8)  # budgets may change on resume
     trials = resumed.study.get_trials(deepcopy=False)
-    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL]
+    states = optuna.trial.TrialState
+    assert [t.state for t in trials] == [states.COMPLETE, states.FAIL, states.WAITING]
     assert trials[1].user_attrs["interrupted"] is True
+    assert trials[2].system_attrs["fixed_params"] == trials[1].params  # the cut-short point runs first
+    again = _tuner(tmp_path, resume=True, max_trials=8)  # resuming twice does not queue it twice
+    assert len(again.study.get_trials(deepcopy=False, states=(states.WAITING,))) == 1
     assert resumed.trials_done() == 1
 
 
