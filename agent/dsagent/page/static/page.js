@@ -168,6 +168,7 @@ function errorRateSeries() {
 // ---- charts -----------------------------------------------------------------------------------------
 function fmt(v, unit) {
   if (v === null || v === undefined) return "-";
+  if (v === 0) return unit === "%" ? "0 %" : unit === "s" ? "0 s" : "0";
   if (unit === "s") return v < 1 ? `${(v * 1000).toFixed(v < 0.01 ? 2 : 0)} ms` : `${v.toFixed(2)} s`;
   if (unit === "%") return `${v.toFixed(1)} %`;
   const a = Math.abs(v);
