@@ -111,7 +111,7 @@ class BuiltinEngineAdapter:
             raise EngineKnobRefused(f"engine refused ({response.status_code}): {_message(response)}",
                                     {"status_code": response.status_code})
         body = response.json()
-        return {"mode": "live", "applied": body.get("applied"), "apply_seconds": body.get("apply_seconds")}
+        return {"applied": body.get("applied"), "apply_seconds": body.get("apply_seconds")}
 
     def close(self) -> None:
         self._client.close()

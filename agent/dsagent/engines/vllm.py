@@ -137,4 +137,4 @@ class VllmEngineAdapter:
             raise EngineKnobRefused(f"vLLM did not come back ready after the restart with {reason}; "
                                     f"the previous arguments were restored", {"command": new_command})
         self.command = new_command
-        return {"mode": "restart", "command": " ".join(new_command)}
+        return {"command": " ".join(new_command)}
