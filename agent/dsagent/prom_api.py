@@ -78,11 +78,14 @@ def parse_duration(text: str, name: str) -> float:
 
 def format_value(value: float) -> str:
     """A sample value as Prometheus writes it (Go's FormatFloat 'f', -1): "1", "0.25", "NaN", "+Inf"."""
+    text = repr(float(value))
+    if "e" not in text and "n" not in text:  # plain digits: the shortest repr, without a trailing ".0"
+        return text[:-2] if text.endswith(".0") else text
     if math.isnan(value):
         return "NaN"
     if math.isinf(value):
         return "+Inf" if value > 0 else "-Inf"
-    return format(Decimal(repr(float(value))).normalize(), "f")
+    return format(Decimal(text).normalize(), "f")
 
 
 def format_time(seconds: float) -> float:
