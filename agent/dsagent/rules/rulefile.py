@@ -35,7 +35,7 @@ ALIASES: dict[str, str] = {
     "memory_usage": "(dsagent_gpu_memory_used_ratio * 100)",
     "gpu_temperature": "dsagent_gpu_temperature_celsius",
     "inference_qps": "inference_qps",
-    "queue_length": "vllm:num_requests_waiting",
+    "queue_length": "dsagent_engine_requests_waiting",  # the scrape maps vllm:num_requests_waiting to this
 }
 # Short-form action words -> action items (dsagent.actions.spec format).
 SHORT_ACTIONS: dict[str, dict[str, Any]] = {
