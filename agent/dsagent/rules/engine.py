@@ -89,10 +89,11 @@ class RuleEvalError(RuntimeError):
 
 
 def evaluate_alerting(rule: RuleState, storage: Any, ts_ms: int, lookback_ms: int,
-                      external_labels: Labels | None = None) -> tuple[list[tuple[Labels, float]], list[Alert]]:
+                      external_labels: Labels | None = None,
+                      cache: dict[Any, Any] | None = None) -> tuple[list[tuple[Labels, float]], list[Alert]]:
     """One evaluation of an alerting rule: (ALERTS / ALERTS_FOR_STATE samples, instances resolved now)."""
     spec = rule.spec
-    result = promql.instant_vector(storage, spec.node, ts_ms / 1000.0, lookback_ms / 1000.0)
+    result = promql.instant_vector(storage, spec.node, ts_ms / 1000.0, lookback_ms / 1000.0, cache)
     fresh: dict[LabelsKey, Alert] = {}
     for metric, value in result:
         labels = dict(metric)
@@ -143,11 +144,12 @@ def evaluate_alerting(rule: RuleState, storage: Any, ts_ms: int, lookback_ms: in
     return samples, resolved
 
 
-def evaluate_recording(rule: RuleState, storage: Any, ts_ms: int, lookback_ms: int) -> list[tuple[Labels, float]]:
+def evaluate_recording(rule: RuleState, storage: Any, ts_ms: int, lookback_ms: int,
+                       cache: dict[Any, Any] | None = None) -> list[tuple[Labels, float]]:
     spec = rule.spec
     out = []
     seen = set()
-    for metric, value in promql.instant_vector(storage, spec.node, ts_ms / 1000.0, lookback_ms / 1000.0):
+    for metric, value in promql.instant_vector(storage, spec.node, ts_ms / 1000.0, lookback_ms / 1000.0, cache):
         labels = dict(metric)
         labels["__name__"] = spec.name
         for name, text in spec.labels.items():
@@ -192,8 +194,11 @@ class Group:
         self.enabled = old.enabled
 
     def evaluate(self, storage: Any, appender: Appender, ts_ms: int, lookback_ms: int = promql.DEFAULT_LOOKBACK_MS,
-                 external_labels: Labels | None = None) -> list[RuleEvent]:
-        """Evaluate every rule in order; returns the events (firing instances, newly resolved ones)."""
+                 external_labels: Labels | None = None, cache: dict[Any, Any] | None = None) -> list[RuleEvent]:
+        """Evaluate every rule in order; returns the events (firing instances, newly resolved ones).
+
+        `cache` (a dict shared by the groups of one tick) lets rules reuse each other's selections; entries
+        that read a series a rule has just written are dropped, so later rules see the new samples."""
         started = time.perf_counter()
         events: list[RuleEvent] = []
         for index, rule in enumerate(self.rules):
@@ -201,9 +206,9 @@ class Group:
             resolved: list[Alert] = []
             try:
                 if rule.spec.kind == "alert":
-                    samples, resolved = evaluate_alerting(rule, storage, ts_ms, lookback_ms, external_labels)
+                    samples, resolved = evaluate_alerting(rule, storage, ts_ms, lookback_ms, external_labels, cache)
                 else:
-                    samples = evaluate_recording(rule, storage, ts_ms, lookback_ms)
+                    samples = evaluate_recording(rule, storage, ts_ms, lookback_ms, cache)
                 rule.health, rule.last_error = "ok", ""
             except (promql.PromQLError, RuleEvalError) as exc:
                 rule.health, rule.last_error = "err", str(exc)
@@ -217,10 +222,14 @@ class Group:
             for labels, value in samples:
                 appender.append(labels, ts_ms, value)
                 current[_key(labels)] = labels
+            written = {labels.get("__name__", "") for labels in current.values()}
             for key, labels in self.previous_series[index].items():
                 if key not in current:
                     appender.append_stale(labels, ts_ms)
+                    written.add(labels.get("__name__", ""))
             self.previous_series[index] = current
+            if cache and written:
+                _invalidate(cache, written)
             if rule.spec.kind == "alert":
                 events.extend(self._events(rule, resolved, ts_ms))
             rule.evaluation_seconds = time.perf_counter() - rule_started
@@ -247,6 +256,14 @@ class Group:
 
     def rule_names(self) -> list[str]:
         return [rule.name for rule in self.rules]
+
+
+def _invalidate(cache: dict[Any, Any], names: set[str]) -> None:
+    """Drop cached selections that may read one of `names` (by name, or by a __name__ matcher)."""
+    for key in list(cache):
+        text = key[1]
+        if "__name__" in text or any(name in text for name in names):
+            del cache[key]
 
 
 def longest_window_seconds(groups: list[Group]) -> float:

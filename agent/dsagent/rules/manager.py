@@ -166,6 +166,7 @@ class RuleManager:
         started = time.perf_counter()
         events: list[RuleEvent] = []
         appender = StoreAppender(self.store)
+        cache: dict[Any, Any] = {}  # one tick: rules sharing a selector or range function compute it once
         with self._lock:
             for group in self.groups:
                 if not group.enabled:
@@ -175,7 +176,7 @@ class RuleManager:
                 if group.last_evaluation_ms and ts_ms - group.last_evaluation_ms < interval_ms - 500:
                     continue
                 group_events = group.evaluate(self.store, appender, ts_ms, round(self.config.lookback_seconds * 1000),
-                                              self.config.external_labels)
+                                              self.config.external_labels, cache)
                 self.evaluations_total += 1
                 self.evaluation_failures_total += sum(1 for r in group.rules if r.last_error)
                 if group_events:

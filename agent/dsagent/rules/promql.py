@@ -17,6 +17,7 @@ Public API (used by the Prometheus HTTP API in dsagent.prom_api):
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -49,7 +50,7 @@ class Storage(Protocol):
         ...
 
     def window(self, name: str | None, matchers: Sequence[LabelMatcher], start_ms: int,
-               end_ms: int) -> list[tuple[Labels, list[Point]]]:
+               end_ms: int) -> list[tuple[Labels, Points]]:
         """Each selected series' non-stale samples in [start, end], oldest first; empty series left out."""
         ...
 
@@ -66,9 +67,10 @@ class StoreStorage:
         return [({NAME: s.name, **dict(s.labels)}, round(s.timestamp_seconds * 1000), s.value) for s in found]
 
     def window(self, name: str | None, matchers: Sequence[LabelMatcher], start_ms: int,
-               end_ms: int) -> list[tuple[Labels, list[Point]]]:
-        windows = self.store.range_query(name, matchers, start_ms / 1000.0, end_ms / 1000.0)
-        return [({NAME: w.name, **dict(w.labels)}, [(round(t * 1000), v) for t, v in w.points]) for w in windows]
+               end_ms: int) -> list[tuple[Labels, Points]]:
+        return [({NAME: series_name, **dict(labels)}, Points(times, values, seconds=True))  # type: ignore[misc]
+                for series_name, labels, times, values in self.store.range_columns(name, matchers, start_ms / 1000.0,
+                                                                                   end_ms / 1000.0)]
 
 
 def as_storage(store: Any) -> Storage:
@@ -87,8 +89,45 @@ class Sample:
     t: int = 0
 
 
+class Points(Sequence[Point]):
+    """A series' samples in a range: `values` as stored (an array from the agent's store, no copy) and the
+    times read lazily as integer ms, so functions that need only values (avg_over_time, ...) or the ends
+    (rate, irate) never build a tuple per sample - the rules' hot path over hour-long 1 Hz windows."""
+
+    __slots__ = ("_times", "_seconds", "values")
+
+    def __init__(self, times: Sequence[float] | Sequence[int], values: Sequence[float], seconds: bool) -> None:
+        self._times = times
+        self._seconds = seconds  # times are float seconds (agent store) rather than integer ms
+        self.values = values
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def time_ms(self, index: int) -> int:
+        t = self._times[index]
+        return round(t * 1000) if self._seconds else int(t)
+
+    def __getitem__(self, index):  # type: ignore[no-untyped-def, override]
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        return self.time_ms(index), self.values[index]
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        times, values = self._times, self.values
+        if self._seconds:
+            return zip([round(t * 1000) for t in times], values, strict=True)
+        return zip(times, values, strict=True)
+
+
+def as_points(points: Sequence[Point] | Points) -> Points:
+    if isinstance(points, Points):
+        return points
+    return Points([t for t, _ in points], [v for _, v in points], seconds=False)
+
+
 Vector = list[Sample]
-Matrix = list[tuple[Labels, list[Point]]]
+Matrix = list[tuple[Labels, Points]]
 
 
 @dataclass
@@ -263,11 +302,13 @@ def _extrapolated_rate(ev: Evaluator, node: Any, matrix: Matrix, is_counter: boo
             continue
         result = points[-1][1] - points[0][1]
         if is_counter:
-            previous = points[0][1]
-            for _, v in points[1:]:
-                if v < previous:
-                    result += previous
-                previous = v
+            values = points.values
+            if not all(map(operator.le, values, values[1:])):  # a counter reset somewhere (the rare case)
+                previous = values[0]
+                for v in values[1:]:
+                    if v < previous:
+                        result += previous
+                    previous = v
         duration_to_start = (points[0][0] - range_start) / 1000
         duration_to_end = (range_end - points[-1][0]) / 1000
         sampled_interval = (points[-1][0] - points[0][0]) / 1000
@@ -329,49 +370,92 @@ def _linear_regression(points: list[Point], intercept_ms: int) -> tuple[float, f
     return slope, intercept
 
 
-def _over_time(matrix: Matrix, compute: Callable[[list[Point]], float], keep_name: bool = False) -> Vector:
+def _over_time(matrix: Matrix, compute: Callable[[Points], float], keep_name: bool = False) -> Vector:
     return [Sample(labels if keep_name else _drop_name(labels), compute(points)) for labels, points in matrix if points]
 
 
-def _avg_values(points: list[Point]) -> float:
+def _avg_values(points: Points) -> float:
+    values = points.values
+    if not any(map(math.isinf, values)) and not _has_nan(values):
+        result = _avg_finite(values)
+        if not math.isinf(result):
+            return result
     mean = c = count = 0.0
-    for _, v in points:
+    isinf = math.isinf
+    for v in values:
         count += 1
-        if math.isinf(mean):
-            if math.isinf(v) and (mean > 0) == (v > 0):
+        if isinf(mean):
+            if isinf(v) and (mean > 0) == (v > 0):
                 continue
-            if not math.isinf(v) and not math.isnan(v):
+            if not isinf(v) and not math.isnan(v):
                 continue
-        mean, c = _kahan_inc(v / count - mean / count, mean, c)
-    return mean if math.isinf(mean) else mean + c
+        inc = v / count - mean / count  # Kahan-Neumaier step (kahanSumInc), inlined: the hot loop of rules
+        t = mean + inc
+        if abs(mean) >= abs(inc):
+            c += (mean - t) + inc
+        else:
+            c += (inc - t) + mean
+        mean = t
+    return mean if isinf(mean) else mean + c
 
 
-def _sum_values(points: list[Point]) -> float:
+def _avg_finite(values: Sequence[float]) -> float:
+    """avg_over_time's incremental Kahan mean for finite values: the same operations without the Inf checks
+    (the loop every avg_over_time rule runs over its window)."""
+    mean = c = count = 0.0
+    for v in values:
+        count += 1.0
+        inc = v / count - mean / count
+        t = mean + inc
+        if (mean if mean >= 0 else -mean) >= (inc if inc >= 0 else -inc):
+            c += (mean - t) + inc
+        else:
+            c += (inc - t) + mean
+        mean = t
+    return mean + c
+
+
+def _sum_values(points: Points) -> float:
     total = c = 0.0
-    for _, v in points:
-        total, c = _kahan_inc(v, total, c)
+    for v in points.values:
+        t = total + v
+        if abs(total) >= abs(v):
+            c += (total - t) + v
+        else:
+            c += (v - t) + total
+        total = t
     return total if math.isinf(total) else total + c
 
 
-def _max_values(points: list[Point]) -> float:
-    best = points[0][1]
-    for _, v in points:
+def _has_nan(values: Sequence[float]) -> bool:
+    return any(map(math.isnan, values))
+
+
+def _max_values(points: Points) -> float:
+    values = points.values
+    if not _has_nan(values):
+        return max(values)
+    best = values[0]
+    for v in values:
         if v > best or math.isnan(best):
             best = v
     return best
 
 
-def _min_values(points: list[Point]) -> float:
-    best = points[0][1]
-    for _, v in points:
+def _min_values(points: Points) -> float:
+    values = points.values
+    if not _has_nan(values):
+        return min(values)
+    best = values[0]
+    for v in values:
         if v < best or math.isnan(best):
             best = v
     return best
 
 
-def _stdvar_values(points: list[Point]) -> float:
+def _stdvar_values(points: Points) -> float:
     count = mean = c_mean = aux = c_aux = 0.0
-    for _, v in points:
+    for v in points.values:
         count += 1
         delta = v - (mean + c_mean)
         mean, c_mean = _kahan_inc(delta / count, mean, c_mean)
@@ -644,15 +728,15 @@ FUNCTIONS: dict[str, Callable[[Evaluator, Any, list[Any]], Value]] = {
     "min_over_time": lambda ev, node, args: _over_time(args[0], _min_values),
     "max_over_time": lambda ev, node, args: _over_time(args[0], _max_values),
     "count_over_time": lambda ev, node, args: _over_time(args[0], lambda p: float(len(p))),
-    "last_over_time": lambda ev, node, args: _over_time(args[0], lambda p: p[-1][1], keep_name=True),
+    "last_over_time": lambda ev, node, args: _over_time(args[0], lambda p: p.values[-1], keep_name=True),
     "present_over_time": lambda ev, node, args: _over_time(args[0], lambda p: 1.0),
-    "quantile_over_time": lambda ev, node, args: _over_time(args[1], lambda p: quantile_of(args[0], [v for _, v in p])),
+    "quantile_over_time": lambda ev, node, args: _over_time(args[1], lambda p: quantile_of(args[0], list(p.values))),
     "stddev_over_time": lambda ev, node, args: _over_time(args[0], lambda p: math.sqrt(_stdvar_values(p))),
     "stdvar_over_time": lambda ev, node, args: _over_time(args[0], _stdvar_values),
     "changes": lambda ev, node, args: _over_time(args[0], lambda p: float(sum(
-        1 for (_, a), (_, b) in zip(p, p[1:], strict=False) if b != a and not (math.isnan(a) and math.isnan(b))))),
+        1 for a, b in zip(p.values, p.values[1:], strict=False) if b != a and not (math.isnan(a) and math.isnan(b))))),
     "resets": lambda ev, node, args: _over_time(args[0], lambda p: float(sum(
-        1 for (_, a), (_, b) in zip(p, p[1:], strict=False) if b < a))),
+        1 for a, b in zip(p.values, p.values[1:], strict=False) if b < a))),
     "absent_over_time": lambda ev, node, args: [] if args[0] else [Sample(_absent_labels(node), 1.0)],
     "absent": lambda ev, node, args: [] if args[0] else [Sample(_absent_labels(node), 1.0)],
     "histogram_quantile": lambda ev, node, args: _histogram_quantile(args[0], args[1]),
@@ -739,7 +823,9 @@ class Evaluator:
     """Evaluates one parsed expression at one instant (ts, integer ms) over a Storage."""
 
     def __init__(self, storage: Storage, ts_ms: int, lookback_ms: int = DEFAULT_LOOKBACK_MS,
-                 start_ms: int | None = None, end_ms: int | None = None) -> None:
+                 start_ms: int | None = None, end_ms: int | None = None,
+                 cache: dict[Any, Any] | None = None) -> None:
+        self.cache = cache  # shared by the rules of one tick: identical selectors and range functions run once
         self.storage = storage
         self.ts: int = ts_ms
         self.lookback: int = lookback_ms
@@ -791,6 +877,16 @@ class Evaluator:
         return value  # type: ignore[return-value]
 
     def _vector_selector(self, vs: Any) -> Vector:
+        if self.cache is not None:
+            key = ("vs", str(vs), self.ts, self.lookback)
+            cached = self.cache.get(key)
+            if cached is None:
+                cached = self._vector_selector_uncached(vs)
+                self.cache[key] = cached
+            return list(cached)
+        return self._vector_selector_uncached(vs)
+
+    def _vector_selector_uncached(self, vs: Any) -> Vector:
         name, matchers = _matchers(vs)
         at = self.selector_time(vs) - _duration_ms(vs.offset)
         return [Sample(labels, v, t) for labels, t, v in self.storage.instant(name, matchers, at, self.lookback)]
@@ -803,6 +899,16 @@ class Evaluator:
         return self.storage.window(name, matchers, start, end)
 
     def _call(self, node: Any) -> Value:
+        if self.cache is not None and node.args and isinstance(_unwrap(node.args[0]), pp.MatrixSelector):
+            key = ("call", str(node), self.ts, self.lookback)
+            cached = self.cache.get(key)
+            if cached is None:
+                cached = self._call_uncached(node)
+                self.cache[key] = cached
+            return list(cached) if isinstance(cached, list) else cached
+        return self._call_uncached(node)
+
+    def _call_uncached(self, node: Any) -> Value:
         name = node.func.name
         implementation = FUNCTIONS.get(name)
         if implementation is None:
@@ -1180,20 +1286,23 @@ def _seconds(ms: int) -> float | int:
 
 
 def evaluate(storage: Any, node_or_text: Any, at_seconds: float,
-             lookback_seconds: float = 300.0) -> Value:
-    """Evaluate an expression (text or parsed node) at one instant; returns the raw Value."""
+             lookback_seconds: float = 300.0, cache: dict[Any, Any] | None = None) -> Value:
+    """Evaluate an expression (text or parsed node) at one instant; returns the raw Value.
+
+    `cache`: a dict shared by evaluations of one tick over unchanged data (the rule manager passes one per
+    group evaluation), so a selector or range function several rules use is computed once."""
     node = parse(node_or_text) if isinstance(node_or_text, str) else node_or_text
     ts = round(at_seconds * 1000)
     try:
-        return Evaluator(as_storage(storage), ts, round(lookback_seconds * 1000)).eval(node)
+        return Evaluator(as_storage(storage), ts, round(lookback_seconds * 1000), cache=cache).eval(node)
     except (ZeroDivisionError, OverflowError) as exc:  # never expected: arithmetic follows Go's IEEE rules
         raise PromQLError(f"evaluation failed: {exc}") from exc
 
 
 def instant_vector(storage: Any, node_or_text: Any, at_seconds: float,
-                   lookback_seconds: float = 300.0) -> list[tuple[Labels, float]]:
+                   lookback_seconds: float = 300.0, cache: dict[Any, Any] | None = None) -> list[tuple[Labels, float]]:
     """An expression as (labels, value) pairs: a scalar becomes one sample with no labels (as rules do)."""
-    value = evaluate(storage, node_or_text, at_seconds, lookback_seconds)
+    value = evaluate(storage, node_or_text, at_seconds, lookback_seconds, cache)
     if isinstance(value, Scalar):
         return [({}, value.value)]
     if isinstance(value, list) and (not value or isinstance(value[0], Sample)):
