@@ -70,7 +70,7 @@ class Dispatcher:
         for spec in getattr(event, "actions", None) or []:
             if spec.on != state:
                 continue
-            spec = _for_alert_gpu(spec, labels)
+            spec = _with_rule_direction(_for_alert_gpu(spec, labels), str(getattr(event, "expr", "") or ""))
             reason = reason_from_event(event)
             signal = self.signal_for(event, spec) if self.signal_for is not None else None
             context = {"annotations": dict(getattr(event, "annotations", None) or {}),
@@ -165,3 +165,22 @@ def _for_alert_gpu(spec: ActionSpec, labels: dict[str, str]) -> ActionSpec:
     if gpu_label is None or not gpu_label.isdigit() or getattr(action, "gpu", "absent") is not None:
         return spec
     return spec.model_copy(update={"action": action.model_copy(update={"gpu": int(gpu_label)})})
+
+
+def _with_rule_direction(spec: ActionSpec, expr: str) -> ActionSpec:
+    """Verify's "better" follows the alert's comparison unless the rule says: `x < N` (Idle) wants x higher.
+
+    Without this a scale-in on an idle rule would be rolled back as soon as utilization rose, which is the
+    point of scaling in.
+    """
+    from dsagent.actions.signal import better_direction
+    from dsagent.actions.spec import VerifySpec
+
+    verify = spec.verify
+    if verify is not None and ("direction" in verify.model_fields_set or verify.expr):
+        return spec  # the rule chose, or watches another expression
+    direction = better_direction(expr)
+    if direction is None:
+        return spec
+    updated = (verify or VerifySpec()).model_copy(update={"direction": direction})
+    return spec.model_copy(update={"verify": updated})

@@ -17,7 +17,7 @@ from typing import Any
 
 from dsagent.store import LabelMatcher, TimeSeriesStore
 
-_COMPARISON_TAIL = re.compile(r"\s*(?:>|<|>=|<=|==|!=)\s*(?:bool\s+)?[-+0-9.eE]+\s*$")
+_COMPARISON_TAIL = re.compile(r"\s*(>=|<=|>|<|==|!=)\s*(?:bool\s+)?[-+0-9.eE]+\s*$")
 _SELECTOR = re.compile(r"^\s*([a-zA-Z_:][a-zA-Z0-9_:]*)\s*(?:\{([^}]*)\})?\s*$")
 _MATCHER = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*"((?:[^"\\]|\\.)*)"\s*,?')
 LOOKBACK_SECONDS = 300.0
@@ -27,6 +27,17 @@ def signal_expression(expr: str) -> str:
     """`expr` without a trailing comparison against a number: what the alert compares, not the filter."""
     stripped = _COMPARISON_TAIL.sub("", expr)
     return stripped if stripped.strip() else expr
+
+
+def better_direction(expr: str) -> str | None:
+    """Which way the signal should move after a fix: an alert on `x > N` wants x lower, on `x < N` higher.
+
+    None when the expression ends in no comparison with a number (the caller keeps its default).
+    """
+    match = _COMPARISON_TAIL.search(expr)
+    if match is None or match.group(1) in ("==", "!="):
+        return None
+    return "lower" if match.group(1).startswith(">") else "higher"
 
 
 def _selector_value(store: TimeSeriesStore, expr: str, labels: Mapping[str, str]) -> float | None:

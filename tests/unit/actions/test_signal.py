@@ -27,3 +27,37 @@ def test_rule_signal_reads_the_value_even_when_the_rule_no_longer_fires() -> Non
     read = rule_signal(store, 'inference_latency_p99_seconds{model="m"} > 1.5', {"model": "m"})
     assert read() == pytest.approx(0.4)
     assert rule_signal(store, "absent_metric > 1")() is None
+
+
+@pytest.mark.parametrize(("expr", "direction"), [
+    ("inference_latency_p99_seconds > 1.5", "lower"),
+    ("max(dsagent_gpu_utilization_ratio) >= 0.9", "lower"),
+    ("max(dsagent_gpu_utilization_ratio) < 0.1", "higher"),
+    ("up == 0", None),
+    ("rate(x[1m])", None),
+])
+def test_better_direction_follows_the_alerts_comparison(expr: str, direction: str | None) -> None:
+    from dsagent.actions.signal import better_direction
+
+    assert better_direction(expr) == direction
+
+
+def test_an_idle_rules_scale_in_is_not_rolled_back_when_utilization_rises() -> None:
+    from dsagent.actions import ActionsConfig, ActuatorRegistry, Guard, RecordingActuator
+    from dsagent.actions.dispatcher import Dispatcher
+    from dsagent.actions.spec import parse_actions
+    from dsagent.rules.events import RuleEvent
+
+    clock = [1000.0]
+    actuator = RecordingActuator(("scale",), {"scale:d": 6})
+    guard = Guard(ActionsConfig(), ActuatorRegistry([actuator]), clock=lambda: clock[0])
+    dispatcher = Dispatcher(guard, scale_target="d", signal_for=lambda event, spec: lambda: 0.4, clock=lambda: clock[0])
+    event = RuleEvent(rule="Idle", group="g", state="firing", labels={}, annotations={}, value=0.05,
+                      expr="max(dsagent_gpu_utilization_ratio) < 0.1", active_since_seconds=990.0, at_seconds=1000.0,
+                      actions=parse_actions([{"scale": {"replicas": "-1"}}], "t"))
+    [outcome] = dispatcher.handle_event(event)
+    assert outcome.status == "applied" and outcome.decision.verify is not None
+    assert outcome.decision.verify.direction == "higher"
+    clock[0] += 31
+    [verdict] = guard.tick()
+    assert verdict.status == "verified" and actuator.values["scale:d"] == 5
