@@ -18,7 +18,7 @@ import re
 import struct
 import threading
 from array import array
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -113,11 +113,24 @@ class RingSeries:
 
     def index_at_or_after(self, timestamp_seconds: float) -> int:
         """Logical index of the first sample with time >= timestamp (len if none)."""
-        return bisect.bisect_left(_TimeView(self), timestamp_seconds)
+        return self._bisect(timestamp_seconds, bisect.bisect_left)
 
     def index_after(self, timestamp_seconds: float) -> int:
         """Logical index of the first sample with time > timestamp (len if none)."""
-        return bisect.bisect_right(_TimeView(self), timestamp_seconds)
+        return self._bisect(timestamp_seconds, bisect.bisect_right)
+
+    def _bisect(self, timestamp_seconds: float, search: Callable[..., int]) -> int:
+        """C bisect over the one or two physical runs the ring's samples occupy (no per-probe Python calls:
+        every query, rule and /metrics render does this per series)."""
+        start, end = self._start, self._start + self._count
+        if end <= self.capacity:  # one run: [start, end)
+            return search(self._times, timestamp_seconds, start, end) - start
+        last_of_first_run = self._times[self.capacity - 1]  # runs: [start, capacity) then [0, end - capacity)
+        in_first_run = timestamp_seconds <= last_of_first_run if search is bisect.bisect_left \
+            else timestamp_seconds < last_of_first_run
+        if in_first_run:
+            return search(self._times, timestamp_seconds, start, self.capacity) - start
+        return self.capacity - start + search(self._times, timestamp_seconds, 0, end - self.capacity)
 
     def window(self, start_seconds: float, end_seconds: float) -> list[tuple[float, float]]:
         """Samples with start <= time <= end, oldest first."""
@@ -144,6 +157,14 @@ class RingSeries:
 
     def latest_at(self, at_seconds: float, lookback_seconds: float) -> tuple[float, float] | None:
         """The newest sample with at - lookback <= time <= at, or None."""
+        if self._count:  # the common case (a query for now): the newest sample is the one, O(1)
+            newest = (self._start + self._count - 1) % self.capacity
+            timestamp = self._times[newest]
+            if timestamp <= at_seconds:
+                value = self._values[newest]
+                if timestamp < at_seconds - lookback_seconds or (value != value and is_stale_marker(value)):
+                    return None
+                return timestamp, value
         index = self.index_after(at_seconds) - 1
         if index < 0:
             return None
@@ -164,21 +185,6 @@ _STALE_BITS = 0x7FF0000000000002
 
 def is_stale_marker(value: float) -> bool:
     return value != value and struct.unpack("<Q", struct.pack("<d", value))[0] == _STALE_BITS
-
-
-class _TimeView(Sequence[float]):
-    """The ring's timestamps as a read-only sequence, so bisect searches it without copying."""
-
-    __slots__ = ("_ring",)
-
-    def __init__(self, ring: RingSeries) -> None:
-        self._ring = ring
-
-    def __len__(self) -> int:
-        return len(self._ring)
-
-    def __getitem__(self, index):  # type: ignore[no-untyped-def, override]
-        return self._ring.time_at(index)
 
 
 @dataclass(frozen=True)

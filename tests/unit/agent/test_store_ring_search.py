@@ -38,3 +38,15 @@ def test_searches_match_a_plain_list(capacity: int, steps: list[tuple[str, int]]
         index = bisect.bisect_right(times, probe) - 1
         expected = plain[index] if index >= 0 and plain[index][0] >= probe - lookback else None
         assert ring.latest_at(probe, lookback) == expected
+
+
+def test_latest_is_absent_after_a_staleness_marker_and_present_before_it() -> None:
+    from dsagent.store import STALE_MARKER
+
+    ring = RingSeries(4)
+    for t in (1.0, 2.0, 3.0, 4.0, 5.0):  # wraps once
+        ring.append(t, t)
+    ring.append(6.0, STALE_MARKER)
+    assert ring.latest_at(6.5, 300) is None  # the newest sample says the series stopped
+    assert ring.latest_at(5.5, 300) == (5.0, 5.0)  # before the marker it was there
+    assert ring.latest_at(2.9, 300) is None  # older than what the ring still holds
