@@ -58,8 +58,15 @@ class TestStorage:
 
     __test__ = False  # not a pytest class
 
-    def __init__(self, reverse_selection: bool = False) -> None:
-        self.reverse_selection = reverse_selection
+    def __init__(self, order_seed: int | None = None) -> None:
+        # Series are selected in creation order, as Prometheus's head returns them (by series ref) to an
+        # unsorted Select: the order sums and averages add in, so results agree with promtool to the last
+        # bit. promtool creates the input series in Go map order, which is not always the file's order;
+        # `order_seed` draws another order, so corpus generators can keep only order-independent results.
+        import random
+
+        self._rng = random.Random(order_seed) if order_seed is not None else None
+        self._rank: dict[int, float] = {}
         self.series: dict[tuple[tuple[str, str], ...], _Series] = {}
         self.by_name: dict[str, list[_Series]] = {}
 
@@ -68,6 +75,7 @@ class TestStorage:
         series = self.series.get(key)
         if series is None:
             series = _Series(dict(labels))
+            self._rank[id(series)] = self._rng.random() if self._rng is not None else float(len(self.series))
             self.series[key] = series
             self.by_name.setdefault(labels.get("__name__", ""), []).append(series)
         if series.times and t_ms <= series.times[-1]:
@@ -81,9 +89,9 @@ class TestStorage:
     def _select(self, name: str | None, matchers: list[LabelMatcher] | Any) -> list[_Series]:
         candidates = self.by_name.get(name, []) if name is not None else list(self.series.values())
         selected = [s for s in candidates if all(m.matches(s.labels) for m in matchers)]
-        # Creation order, as Prometheus's head returns series (by series ref) to an unsorted Select: the
-        # order sums and averages add in, so results agree with promtool to the last bit.
-        return selected[::-1] if self.reverse_selection else selected
+        if self._rng is not None:  # another creation order (see __init__); else creation order as stored
+            selected.sort(key=lambda s: self._rank[id(s)])
+        return selected
 
     def instant(self, name: str | None, matchers: Any, at_ms: int, lookback_ms: int) -> list[tuple[Labels, int, float]]:
         out = []
@@ -348,10 +356,10 @@ def run_file(path: str | Path) -> FileResult:
 
 
 def _run_group(tg: dict[str, Any], eval_interval_ms: int, order: dict[str, int], rule_files: list[Path],
-               observed: dict[str, Any] | None = None, reverse_selection: bool = False) -> list[str]:
+               observed: dict[str, Any] | None = None, order_seed: int | None = None) -> list[str]:
     """One test group; `observed` (when given) collects what was got, for corpus generators."""
     errors: list[str] = []
-    storage = TestStorage(reverse_selection)
+    storage = TestStorage(order_seed)
     try:
         interval_ms = _duration_ms(tg.get("interval"), "interval")
         for item in tg.get("input_series") or []:
@@ -525,7 +533,7 @@ def run_files(paths: list[str], out: Any, err: Any) -> int:
     return 1 if failed else 0
 
 
-def observe(test_file: str | Path, reverse_selection: bool = False) -> tuple[list[str], list[dict[str, Any]]]:
+def observe(test_file: str | Path, order_seed: int | None = None) -> tuple[list[str], list[dict[str, Any]]]:
     """Run a test file and return (errors, per test group what was got): for corpus generators."""
     data = load_yaml(Path(test_file).read_text(encoding="utf-8"))
     base = Path(test_file).parent
@@ -536,6 +544,6 @@ def observe(test_file: str | Path, reverse_selection: bool = False) -> tuple[lis
     observed_groups = []
     for tg in data.get("tests") or []:
         observed: dict[str, Any] = {}
-        errors.extend(_run_group(tg, interval, order, rule_files, observed, reverse_selection))
+        errors.extend(_run_group(tg, interval, order, rule_files, observed, order_seed))
         observed_groups.append(observed)
     return errors, observed_groups
