@@ -119,9 +119,15 @@ def act(
               f"running with this data dir? (--data-dir)")
         return
     base = _agent_url(url, config_file, data_dir)
+    from rich.console import Console
+
+    console = Console(stderr=True)
     try:
-        response = httpx.post(f"{base}/api/actions", json={"actions": items, "dry_run": dry_run, "reason": reason},
-                              headers={"Authorization": f"Bearer {token}"}, timeout=300.0)
+        # a precision/backend swap or a vLLM restart takes a while: say so on a terminal
+        with console.status("applying through the agent's guard (a runner swap or engine restart can take a "
+                            "minute)...", spinner="dots"):
+            response = httpx.post(f"{base}/api/actions", json={"actions": items, "dry_run": dry_run, "reason": reason},
+                                  headers={"Authorization": f"Bearer {token}"}, timeout=300.0)
     except httpx.HTTPError as exc:
         _fail(f"no agent answering at {base}/api/actions ({exc}); is `dsagent run` running? (--url)")
         return
