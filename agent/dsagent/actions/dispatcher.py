@@ -76,8 +76,9 @@ class Dispatcher:
             context = {"annotations": dict(getattr(event, "annotations", None) or {}),
                        "active_since_seconds": getattr(event, "active_since_seconds", None),
                        "source_file": getattr(event, "source_file", None)}
+            rule_dry_run = self.rules_dry_run or labels.get("dry_run", "").lower() == "true"  # per rule: a label
             outcomes.append(self.submit_spec(spec, reason, state=state, signal=signal, extra_params=context,
-                                             dry_run=True if self.rules_dry_run else None))
+                                             dry_run=True if rule_dry_run else None))
         return outcomes
 
     # ---- any source ----------------------------------------------------------------------------------

@@ -223,3 +223,16 @@ def test_rule_events_become_decisions_and_rules_dry_run_changes_nothing() -> Non
     assert audit[-1]["rule"] == "HighP99" and audit[-1]["value"] == 2.5 and audit[-1]["labels"] == {"severity": "page"}
     dispatcher.on_rule_events([event, event])  # queued once, handled by the worker
     assert dispatcher.wait_idle(5)
+
+
+def test_a_rule_labelled_dry_run_only_records() -> None:
+    from dsagent.actions.dispatcher import Dispatcher
+    from dsagent.actions.spec import parse_actions
+    from dsagent.rules.events import RuleEvent
+
+    guard, actuator, _, _ = make_guard()
+    event = RuleEvent(rule="Trial", group="g", state="firing", labels={"dry_run": "true"}, annotations={},
+                      value=2.0, expr="x > 1", active_since_seconds=0.0, at_seconds=1.0,
+                      actions=parse_actions([{"set_knob": {"knob": "max_batch_size", "value": 8}}], "t"))
+    [outcome] = Dispatcher(guard).handle_event(event)
+    assert outcome.status == "dry_run" and actuator.applied == []
