@@ -148,7 +148,7 @@ Value = Vector | Matrix | Scalar | String
 _MATCH_OPS = {"Equal": "=", "NotEqual": "!=", "Re": "=~", "NotRe": "!~"}
 SUPPORTED_AGGREGATIONS = {"sum", "avg", "min", "max", "count", "topk", "bottomk", "quantile", "group",
                           "stddev", "stdvar", "count_values"}
-_ARITHMETIC = {"+", "-", "*", "/", "%", "^", "atan2"}
+_DROPS_NAME = {"+", "-", "*", "/", "%", "^"}  # shouldDropMetricName: atan2 keeps the metric name
 _COMPARISON = {"==", "!=", ">", "<", ">=", "<="}
 _SET = {"and", "or", "unless"}
 
@@ -228,7 +228,7 @@ def _arith(op: str, lhs: float, rhs: float) -> float:
     if op == "^":
         return _pow(lhs, rhs)
     if op == "atan2":
-        return math.atan2(lhs, rhs)
+        return go_atan2(lhs, rhs)
     raise PromQLError(f"operator {op!r} not allowed here")
 
 
@@ -565,8 +565,10 @@ def _safe(fn: Callable[[float], float]) -> Callable[[float], float]:
     return call
 
 
-_LN2 = 0.693147180559945309417232121458176568
-_LN10 = 2.30258509299404568401799145468436421
+# Go computes `1 / Ln2` and `1 / Ln10` exactly at compile time, then rounds once: these are those float64s
+# (dividing by the rounded logs in Python gives a different last bit).
+_INV_LN2 = 1.4426950408889634
+_INV_LN10 = 0.4342944819032518
 
 
 def go_log(x: float) -> float:
@@ -597,20 +599,59 @@ def go_log(x: float) -> float:
 
 
 def go_log2(value: float) -> float:
-    """Go's math.Log2: exact for powers of two, else Log(frac)/Ln2 + exp (not C's log2)."""
+    """Go's math.Log2: exact for powers of two, else Log(frac) / Ln2 + exp (not C's log2)."""
     if value <= 0 or math.isnan(value) or math.isinf(value):
-        return _safe(math.log2)(value)
+        return go_log(value)
     frac, exp = math.frexp(value)
     if frac == 0.5:
         return float(exp - 1)
-    return go_log(frac) * (1 / _LN2) + float(exp)
+    return go_log(frac) * _INV_LN2 + float(exp)
 
 
 def go_log10(value: float) -> float:
-    """Go's math.Log10 = Log2(x) * (Ln2/Ln10), which differs from C's log10 in the last place."""
-    if value <= 0 or math.isnan(value) or math.isinf(value):
-        return _safe(math.log10)(value)
-    return go_log2(value) * (_LN2 / _LN10)
+    """Go's math.Log10 = Log(x) * (1/Ln10), which differs from C's log10 in the last place."""
+    return go_log(value) * _INV_LN10
+
+
+def _go_xatan(x: float) -> float:
+    """Cephes' atan series on [0, 0.66], as Go's math package evaluates it."""
+    p0, p1, p2, p3, p4 = (-8.750608600031904122785e-01, -1.615753718733365076637e+01, -7.500855792314704667340e+01,
+                          -1.228866684490136173410e+02, -6.485021904942025371773e+01)
+    q0, q1, q2, q3, q4 = (2.485846490142306297962e+01, 1.650270098316988542046e+02, 4.328810604912902668951e+02,
+                          4.853903996359136964868e+02, 1.945506571482613964425e+02)
+    z = x * x
+    z = z * ((((p0 * z + p1) * z + p2) * z + p3) * z + p4) / (((((z + q0) * z + q1) * z + q2) * z + q3) * z + q4)
+    return x * z + x
+
+
+def _go_satan(x: float) -> float:
+    more_bits = 6.123233995736765886130e-17
+    if x <= 0.66:
+        return _go_xatan(x)
+    if x > 2.41421356237309504880:  # tan(3*pi/8)
+        return math.pi / 2 - _go_xatan(1 / x) + more_bits
+    return math.pi / 4 + _go_xatan((x - 1) / (x + 1)) + 0.5 * more_bits
+
+
+def go_atan2(y: float, x: float) -> float:
+    """Go's math.Atan2 (Cephes atan, quadrant by the signs), which PromQL's atan2 operator uses."""
+    if math.isnan(y) or math.isnan(x):
+        return math.nan
+    if y == 0:
+        return math.copysign(0.0, y) if x >= 0 and math.copysign(1.0, x) > 0 else math.copysign(math.pi, y)
+    if x == 0:
+        return math.copysign(math.pi / 2, y)
+    if math.isinf(x):
+        if x > 0:
+            return math.copysign(math.pi / 4, y) if math.isinf(y) else math.copysign(0.0, y)
+        return math.copysign(3 * math.pi / 4, y) if math.isinf(y) else math.copysign(math.pi, y)
+    if math.isinf(y):
+        return math.copysign(math.pi / 2, y)
+    ratio = y / x
+    q = ratio if ratio == 0 else (_go_satan(ratio) if ratio > 0 else -_go_satan(-ratio))
+    if x < 0:
+        return q + math.pi if q <= 0 else q - math.pi
+    return q
 
 
 def _round_to(value: float, to_nearest: float) -> float:
@@ -1008,7 +1049,7 @@ def _check_unique(vector: Vector) -> None:
 
 def _vector_scalar(op: str, vector: Vector, scalar: float, swap: bool, return_bool: bool) -> Vector:
     out = []
-    drop = op in _ARITHMETIC or return_bool
+    drop = op in _DROPS_NAME or return_bool
     for sample in vector:
         lv, rv = (scalar, sample.value) if swap else (sample.value, scalar)
         value, keep = _elem_binop(op, lv, rv)
@@ -1079,7 +1120,7 @@ def _vector_binop(op: str, lhs: Vector, rhs: Vector, card: str, on: bool, matchi
 def _result_metric(lhs: Labels, rhs: Labels, op: str, card: str, on: bool, matching: list[str],
                    include: list[str]) -> Labels:
     result = dict(lhs)
-    if op in _ARITHMETIC:
+    if op in _DROPS_NAME:
         result.pop(NAME, None)
     if card == "OneToOne":
         if on:
