@@ -49,7 +49,9 @@ def page_event(store: TimeSeriesStore, status_provider: Callable[[], dict[str, A
     body: dict[str, Any] = {"time": now_seconds, "retention_seconds": store.retention_seconds,
                             "interval_seconds": interval_seconds}
     try:
-        body["status"] = status_provider()
+        status = dict(status_provider())
+        status.pop("rules", None)  # the page reads rule state in Prometheus's form below, every few events
+        body["status"] = status
     except Exception as exc:  # the panels say why instead of the page going blank
         log.exception("status for the page failed")
         body["status_error"] = f"{type(exc).__name__}: {exc}"
