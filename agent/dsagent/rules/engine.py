@@ -90,7 +90,7 @@ class RuleEvalError(RuntimeError):
 
 def evaluate_alerting(rule: RuleState, storage: Any, ts_ms: int, lookback_ms: int,
                       external_labels: Labels | None = None,
-                      cache: dict[Any, Any] | None = None) -> tuple[list[tuple[Labels, float]], list[Alert]]:
+                      cache: dict[Any, Any] | None = None, limit: int = 0) -> tuple[list[tuple[Labels, float]], list[Alert]]:
     """One evaluation of an alerting rule: (ALERTS / ALERTS_FOR_STATE samples, instances resolved now)."""
     spec = rule.spec
     result = promql.instant_vector(storage, spec.node, ts_ms / 1000.0, lookback_ms / 1000.0, cache)
@@ -141,11 +141,15 @@ def evaluate_alerting(rule: RuleState, storage: Any, ts_ms: int, lookback_ms: in
             alert.fired_at_ms = ts_ms
         samples.append(({**alert.labels, "__name__": "ALERTS", "alertstate": alert.state}, 1.0))
         samples.append(({**alert.labels, "__name__": "ALERTS_FOR_STATE"}, alert.active_at_ms // 1000 * 1.0))
+    active = len(samples) // 2
+    if limit > 0 and active > limit:  # the group's `limit`: the rule fails and forgets its alerts
+        rule.active = {}
+        raise RuleEvalError(f"exceeded limit of {limit} with {active} alerts")
     return samples, resolved
 
 
 def evaluate_recording(rule: RuleState, storage: Any, ts_ms: int, lookback_ms: int,
-                       cache: dict[Any, Any] | None = None) -> list[tuple[Labels, float]]:
+                       cache: dict[Any, Any] | None = None, limit: int = 0) -> list[tuple[Labels, float]]:
     spec = rule.spec
     out = []
     seen = set()
@@ -162,6 +166,8 @@ def evaluate_recording(rule: RuleState, storage: Any, ts_ms: int, lookback_ms: i
             raise RuleEvalError("vector contains metrics with the same labelset after applying rule labels")
         seen.add(key)
         out.append((labels, value))
+    if limit > 0 and len(out) > limit:
+        raise RuleEvalError(f"exceeded limit of {limit} with {len(out)} series")
     return out
 
 
@@ -206,9 +212,10 @@ class Group:
             resolved: list[Alert] = []
             try:
                 if rule.spec.kind == "alert":
-                    samples, resolved = evaluate_alerting(rule, storage, ts_ms, lookback_ms, external_labels, cache)
+                    samples, resolved = evaluate_alerting(rule, storage, ts_ms, lookback_ms, external_labels, cache,
+                                                          self.spec.limit)
                 else:
-                    samples = evaluate_recording(rule, storage, ts_ms, lookback_ms, cache)
+                    samples = evaluate_recording(rule, storage, ts_ms, lookback_ms, cache, self.spec.limit)
                 rule.health, rule.last_error = "ok", ""
             except (promql.PromQLError, RuleEvalError) as exc:
                 rule.health, rule.last_error = "err", str(exc)

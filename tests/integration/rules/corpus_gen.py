@@ -200,6 +200,9 @@ def error_cases() -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
     record_with_for = {"groups": [{"name": "g", "rules": [{"record": "r", "expr": "m", "for": "1m"}]}]}
     parse_error = {"groups": [{"name": "g", "rules": [{"alert": "A", "expr": "sum(m"}]}]}
     ok_rules = {"groups": [{"name": "g", "rules": [{"record": "ok", "expr": "sum(m)"}]}]}
+    over_limit = {"groups": [{"name": "g", "limit": 1, "rules": [{"record": "two", "expr": "m"}]}]}
+    alerts_over_limit = {"groups": [{"name": "g", "limit": 1, "rules": [{"alert": "A", "expr": "m > 0"}]}]}
+    within_limit = {"groups": [{"name": "g", "limit": 2, "rules": [{"record": "two", "expr": "m"}]}]}
 
     def test(extra: dict[str, Any] | None = None) -> dict[str, Any]:
         group = {"interval": "1m", "input_series": series,
@@ -219,6 +222,9 @@ def error_cases() -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
         ("err_expr_many_to_many_query", ok_rules, test({"promql_expr_test": [
             {"expr": "n * on(a) m", "eval_time": "2m", "exp_samples": []}]})),
         ("err_alert_missing_name", ok_rules, test({"alert_rule_test": [{"eval_time": "1m", "exp_alerts": []}]})),
+        ("err_record_over_limit", over_limit, test()),
+        ("err_alerts_over_limit", alerts_over_limit, test()),
+        ("ok_within_limit", within_limit, test()),
         ("ok_empty_expectations", ok_rules, test({"promql_expr_test": [
             {"expr": "nothing_here", "eval_time": "2m", "exp_samples": []}]})),
     ]
