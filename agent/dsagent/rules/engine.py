@@ -14,6 +14,7 @@ pending or firing instance.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from dsagent.rules import promql, template
 from dsagent.rules.events import RuleEvent
 from dsagent.rules.rulefile import GroupSpec, RuleSpec
 
+log = logging.getLogger(__name__)
 RESOLVED_RETENTION_MS = 15 * 60 * 1000
 Labels = dict[str, str]
 LabelsKey = tuple[tuple[str, str], ...]
@@ -217,7 +219,10 @@ class Group:
                 else:
                     samples = evaluate_recording(rule, storage, ts_ms, lookback_ms, cache, self.spec.limit)
                 rule.health, rule.last_error = "ok", ""
-            except (promql.PromQLError, RuleEvalError) as exc:
+            except Exception as exc:  # PromQLError/RuleEvalError; anything else is a bug, kept to this rule
+                if not isinstance(exc, promql.PromQLError | RuleEvalError):
+                    log.exception("rule %s failed unexpectedly", rule.name)
+                    exc = RuleEvalError(f"internal error: {type(exc).__name__}: {exc}")
                 rule.health, rule.last_error = "err", str(exc)
                 samples = []
                 rule.last_evaluation_ms = ts_ms

@@ -4,6 +4,7 @@ kept for unchanged rules, retention sized to the rules, status and Prometheus AP
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from dsagent.rules.config import RulesConfig
 from dsagent.rules.events import RuleEvent
@@ -170,3 +171,21 @@ def test_status_view_renders_rules(tmp_path: Path) -> None:
         console.print(part)
     text = console.export_text()
     assert "Hot" in text and "pending (30 s left)" in text and "set_power_limit" in text
+
+
+def test_a_rule_that_breaks_unexpectedly_is_contained(tmp_path: Path, monkeypatch: Any) -> None:
+    from dsagent.rules import engine
+
+    manager, store, clock, _ = setup(tmp_path)
+    real = engine.promql.instant_vector
+
+    def flaky(storage: Any, node: Any, *args: Any, **kwargs: Any) -> Any:
+        if "max(temp)" in str(node):
+            raise RuntimeError("boom")
+        return real(storage, node, *args, **kwargs)
+
+    monkeypatch.setattr(engine.promql, "instant_vector", flaky)
+    tick(manager, store, clock, 90)
+    record, alert = manager.all_rules()
+    assert record.health == "err" and "internal error: RuntimeError: boom" in record.last_error
+    assert alert.health == "ok" and alert.state() == "pending"
