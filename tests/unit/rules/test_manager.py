@@ -180,7 +180,7 @@ def test_a_rule_that_breaks_unexpectedly_is_contained(tmp_path: Path, monkeypatc
     real = engine.promql.instant_vector
 
     def flaky(storage: Any, node: Any, *args: Any, **kwargs: Any) -> Any:
-        if "max(temp)" in str(node):
+        if str(node).startswith("max("):
             raise RuntimeError("boom")
         return real(storage, node, *args, **kwargs)
 
