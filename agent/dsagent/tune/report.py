@@ -64,7 +64,7 @@ def _empty(path: Path, title: str, message: str) -> None:
 def plot_objective_over_time(records: list[dict[str, Any]], settings: TuneSettings, path: Path) -> None:
     name = settings.objective_names()[0]
     minimize = settings.directions()[0] == "minimize"
-    done = [r for r in records if r["state"] in ("complete", "pruned")]
+    done = [r for r in records if r["state"] in ("complete", "pruned") and r.get("repeat_of") is None]
     if not done:
         _empty(path, f"{name} per trial", "no finished trials")
         return
@@ -105,7 +105,7 @@ def _points(records: list[dict[str, Any]]) -> list[tuple[dict[str, Any], float, 
     points = []
     for record in records:
         figures = record["figures"] or {}
-        if record["state"] == "complete" and figures.get("completed"):
+        if record["state"] == "complete" and figures.get("completed") and record.get("repeat_of") is None:
             points.append((record, float(figures["request_throughput"]), float(figures["p99_e2el_ms"])))
     return points
 
@@ -208,7 +208,8 @@ def _trial_rows(records: list[dict[str, Any]], dimensions: Sequence[Dimension]) 
                      _format(figures.get("request_goodput")), _format(figures.get("request_throughput")),
                      _format(figures.get("output_throughput")), _format(figures.get("p99_ttft_ms")),
                      _format(figures.get("p99_tpot_ms")), _format(figures.get("p99_e2el_ms")),
-                     "yes" if record["feasible"] else "no", str(note)[:80]])
+                     "-" if record["state"] != "complete" else "yes" if record["feasible"] else "no",
+                     str(note)[:80]])
     return header, rows
 
 

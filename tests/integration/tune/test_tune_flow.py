@@ -111,7 +111,7 @@ def test_tune_apply_then_rollback_restores_the_previous_values(tune_sidecar: Sid
     Profile(knobs={"max_batch_size": 8, "max_num_batched_tokens": 1024}, workload={"name": "tiny"},
             load={"concurrency": 2}).write(path)
     common = ["--engine-url", base, "--control-token", TUNE_TOKEN, "--data-dir", str(tmp_path / "data")]
-    applied = _dsagent("tune", "apply", str(path), *common, "--stages", "1", "--verify", "1")
+    applied = _dsagent("tune", "apply", str(path), *common, "--stages", "1", "--verify", "2")
     assert applied.returncode == 0, applied.stdout + applied.stderr
     assert _knob_values(base)["max_batch_size"] == 8
     rolled = _dsagent("tune", "rollback", *common)
