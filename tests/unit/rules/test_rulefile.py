@@ -128,3 +128,17 @@ def test_the_shipped_packs_load() -> None:
     assert paths and Path(paths[0]).parent.name == "rules"
     groups = load_files(expand_paths(paths))
     assert {g.name for g in groups} >= {"slo", "gpu", "batching", "engine"}
+
+
+def test_installed_packs_are_found_without_a_checkout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dsagent.rules import config
+
+    installed = tmp_path / "share" / "dsagent" / "rules"
+    installed.mkdir(parents=True)
+    (installed / "slo.yaml").write_text("groups: []\n")
+    monkeypatch.setattr(config, "REPO_PACK_DIR", tmp_path / "no-checkout" / "rules")
+    monkeypatch.setattr(config, "INSTALLED_PACK_DIR", installed)
+    assert config.RulesConfig().resolved_paths() == [str(installed / "*.yaml")]
+    monkeypatch.setattr(config, "INSTALLED_PACK_DIR", tmp_path / "nothing")
+    assert config.RulesConfig().resolved_paths() == []
+    assert config.RulesConfig(paths=["/etc/x/*.yaml"]).resolved_paths() == ["/etc/x/*.yaml"]
