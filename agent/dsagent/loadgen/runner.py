@@ -66,9 +66,12 @@ class LoadPlan:
                                 "(or use --num-prompts)")
 
     def describe(self) -> str:
-        arrivals = (f"closed loop, concurrency {self.concurrency}" if self.request_rate is None else
-                    f"Poisson {self.request_rate:g} req/s" + (f", max {self.concurrency} in flight"
-                                                              if self.concurrency else ""))
+        if self.request_rate is None:
+            arrivals = f"closed loop, concurrency {self.concurrency}"
+        else:
+            arrivals = ("all at once (rate inf)" if self.request_rate == math.inf else
+                        f"Poisson {self.request_rate:g} req/s") + (
+                f", max {self.concurrency} in flight" if self.concurrency else "")
         measure = (f"{self.num_prompts} prompts" if self.num_prompts is not None else
                    f"{self.duration_seconds:g} s window")
         return f"{arrivals}; warm-up {self.warmup_seconds:g} s; {measure}"
