@@ -61,6 +61,14 @@ AGENT_METRICS: tuple[AgentMetric, ...] = (
                 "appends that left the spool over its quota (requests/actions are never dropped)"),
     AgentMetric("dsagent_export_unspooled_records_dropped_total", "counter", "records",
                 "log records dropped from memory while the spools kept failing (bounded pending list)"),
+    AgentMetric("dsagent_rules_loaded", "gauge", "rules", "rules the rule manager evaluates (dsagent.rules)"),
+    AgentMetric("dsagent_rules_reloads_total", "counter", "reloads",
+                "rule-file (re)loads by result (success, failure: the previous rules kept running)"),
+    AgentMetric("dsagent_rule_evaluation_failures_total", "counter", "evaluations",
+                "rule evaluations that failed (the rule's last error is in dsagent status); label group"),
+    AgentMetric("dsagent_rule_group_last_duration_seconds", "gauge", "seconds",
+                "how long the group's last evaluation took; label group"),
+    AgentMetric("dsagent_rule_alerts", "gauge", "alerts", "alert instances by state (pending, firing)"),
 )
 
 AGENT_METRICS_BY_NAME = {metric.name: metric for metric in AGENT_METRICS}

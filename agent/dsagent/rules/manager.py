@@ -75,6 +75,7 @@ class RuleManager:
         self.last_reload_seconds = 0.0
         self.evaluations_total = 0
         self.evaluation_failures_total = 0
+        self.failures_by_group: dict[str, int] = {}
         self.last_tick_seconds = 0.0
 
     # ---- loading --------------------------------------------------------------------------------------
@@ -178,7 +179,10 @@ class RuleManager:
                 group_events = group.evaluate(self.store, appender, ts_ms, round(self.config.lookback_seconds * 1000),
                                               self.config.external_labels, cache)
                 self.evaluations_total += 1
-                self.evaluation_failures_total += sum(1 for r in group.rules if r.last_error)
+                failed = sum(1 for r in group.rules if r.last_error)
+                self.evaluation_failures_total += failed
+                if failed:
+                    self.failures_by_group[group.name] = self.failures_by_group.get(group.name, 0) + failed
                 if group_events:
                     events.extend(group_events)
                     for sink in list(self._sinks):
@@ -188,6 +192,29 @@ class RuleManager:
                             log.exception("rule event sink failed")
         self.last_tick_seconds = time.perf_counter() - started
         return events
+
+    def samples(self, now_seconds: float) -> list[Sample]:
+        """The manager's own metrics for the collection job (/metrics and the exporters; agent_metrics.py)."""
+        with self._lock:
+            out = [Sample("dsagent_rules_loaded", (), float(sum(len(g.rules) for g in self.groups)), now_seconds),
+                   Sample("dsagent_rules_reloads_total", (("result", "success"),), float(self.reloads_total),
+                          now_seconds, "counter"),
+                   Sample("dsagent_rules_reloads_total", (("result", "failure"),), float(self.reload_failures_total),
+                          now_seconds, "counter")]
+            states = {"pending": 0, "firing": 0}
+            for group in self.groups:
+                labels = (("group", group.name),)
+                out.append(Sample("dsagent_rule_evaluation_failures_total", labels,
+                                  float(self.failures_by_group.get(group.name, 0)), now_seconds, "counter"))
+                out.append(Sample("dsagent_rule_group_last_duration_seconds", labels, group.evaluation_seconds,
+                                  now_seconds, "gauge", "seconds"))
+                for rule in group.rules:
+                    for alert in rule.active.values():
+                        if alert.state in states:
+                            states[alert.state] += 1
+            out += [Sample("dsagent_rule_alerts", (("state", state),), float(count), now_seconds)
+                    for state, count in sorted(states.items())]
+            return out
 
     # ---- groups on/off (schedules) ------------------------------------------------------------------------
 

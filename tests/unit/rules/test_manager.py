@@ -189,3 +189,16 @@ def test_a_rule_that_breaks_unexpectedly_is_contained(tmp_path: Path, monkeypatc
     record, alert = manager.all_rules()
     assert record.health == "err" and "internal error: RuntimeError: boom" in record.last_error
     assert alert.health == "ok" and alert.state() == "pending"
+
+
+def test_own_metrics_count_reloads_failures_and_alerts(tmp_path: Path) -> None:
+    manager, store, clock, path = setup(tmp_path)
+    tick(manager, store, clock, 90)
+    path.write_text("groups: [")
+    manager.load()
+    values = {(s.name, s.labels): s.value for s in manager.samples(clock.now)}
+    assert values[("dsagent_rules_loaded", ())] == 2
+    assert values[("dsagent_rules_reloads_total", (("result", "success"),))] == 1
+    assert values[("dsagent_rules_reloads_total", (("result", "failure"),))] == 1
+    assert values[("dsagent_rule_alerts", (("state", "pending"),))] == 1
+    assert values[("dsagent_rule_evaluation_failures_total", (("group", "temps"),))] == 0
