@@ -93,6 +93,7 @@ def test_p99_rule_fires_on_the_embedded_default(tmp_path: Path) -> None:
         metrics = httpx.get(api + "/metrics", timeout=5).text
         assert any(line.startswith("ALERTS{") and 'alertname="HighP99Latency"' in line and 'alertstate="firing"' in line
                    for line in metrics.splitlines()), metrics
+        assert 'dsagent_rules_loaded' in metrics and 'dsagent_rule_alerts{state="firing"}' in metrics
 
         shown = subprocess.run([str(BIN / "dsagent"), "status", "--data-dir", str(data_dir)],
                                capture_output=True, text=True, timeout=60, env={**env, "COLUMNS": "220"})
