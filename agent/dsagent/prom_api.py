@@ -370,6 +370,26 @@ def build_prom_router(store: TimeSeriesStore, rule_manager: Callable[[], Any] | 
             return _ok({"alerts": []})
         return _ok(manager.prometheus_alerts())
 
+    def metadata(params: dict[str, list[str]]) -> JSONResponse:
+        """Per metric name: type, help and unit from the sources' metadata table (Grafana's metric browser)."""
+        from dsagent.sources.metric_metadata import metadata_for
+
+        wanted = _one(params, "metric")
+        result: dict[str, list[dict[str, str]]] = {}
+        for name in store.names():
+            if wanted is not None and name != wanted:
+                continue
+            meta = metadata_for(name)
+            latest = store.latest(name) if meta is None else []
+            kind = meta.kind if meta is not None else (latest[0].kind if latest else "unknown")
+            result[name] = [{"type": kind,
+                             "help": meta.description if meta is not None else "",
+                             "unit": meta.unit if meta is not None else ""}]
+        return _ok(result)
+
+    def exemplars(_params: dict[str, list[str]]) -> JSONResponse:
+        return _ok([])  # the store keeps no exemplars
+
     def buildinfo(_params: dict[str, list[str]]) -> JSONResponse:
         from dsagent import __version__
 
@@ -393,4 +413,6 @@ def build_prom_router(store: TimeSeriesStore, rule_manager: Callable[[], Any] | 
     router.add_api_route("/api/v1/rules", handle(rules), methods=["GET"])
     router.add_api_route("/api/v1/alerts", handle(alerts), methods=["GET"])
     router.add_api_route("/api/v1/status/buildinfo", handle(buildinfo), methods=["GET"])
+    router.add_api_route("/api/v1/metadata", handle(metadata), methods=["GET"])
+    router.add_api_route("/api/v1/query_exemplars", handle(exemplars), methods=["GET", "POST"])
     return router

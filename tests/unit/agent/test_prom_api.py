@@ -241,3 +241,13 @@ def test_fallback_answers_selectors_the_same_as_the_api(store: TimeSeriesStore) 
     ranged = ok(client.get("/api/v1/query_range", params={
         "query": 'dsagent_gpu_utilization_ratio{gpu_index="1"}', "start": NOW - 30, "end": NOW, "step": "7"}))
     assert fallback_query_range(store, 'dsagent_gpu_utilization_ratio{gpu_index="1"}', NOW - 30, NOW, 7) == ranged
+
+
+def test_metadata_and_exemplars_answer_what_grafana_asks(store: TimeSeriesStore) -> None:
+    client = client_for(store)
+    metadata = ok(client.get("/api/v1/metadata"))
+    assert metadata["dsagent_gpu_utilization_ratio"][0]["type"] == "gauge"
+    assert metadata["dsagent_gpu_utilization_ratio"][0]["help"]  # from the sources' metadata table
+    assert metadata["old_series"] == [{"type": "gauge", "help": "", "unit": ""}]
+    assert list(ok(client.get("/api/v1/metadata", params={"metric": "dsagent_up"}))) == ["dsagent_up"]
+    assert ok(client.get("/api/v1/query_exemplars", params={"query": "dsagent_up", "start": 0, "end": 1})) == []
