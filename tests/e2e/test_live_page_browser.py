@@ -71,7 +71,7 @@ def agent(tmp_path: Path, tiny_model_dir: Path) -> Iterator[dict[str, Any]]:
                 pass
             time.sleep(0.5)
         assert state == "ready", log_path.read_text()
-        yield {"api": api, "engine": engine, "process": process, "log": log_path}
+        yield {"api": api, "engine": engine, "process": process, "log": log_path, "data_dir": tmp_path / "data"}
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGTERM)
@@ -154,6 +154,15 @@ def test_live_page_shows_the_node_in_a_real_browser(agent: dict[str, Any], brows
     legend = browser.find_element(By.ID, "chart-latency").text
     assert "SLO: HighP99Latency (200 ms)" in legend, legend
     assert browser.find_element(By.CSS_SELECTOR, "#export-table tbody").text.startswith("file")
+
+    # an operator's dry-run decision (dsagent act's route) appears on the decisions timeline
+    token = (agent["data_dir"] / "control.token").read_text().strip()
+    answer = httpx.post(agent["api"] + "/api/actions", headers={"Authorization": f"Bearer {token}"}, timeout=30,
+                        json={"actions": [{"set_knob": {"knob": "max_batch_size", "value": 16}}], "dry_run": True,
+                              "reason": "page test"})
+    assert answer.status_code == 200, answer.text
+    decision = wait_for("the decision row", lambda: browser.find_element(By.ID, "actions-table").text)
+    assert "max_batch_size" in decision and "dry_run" in decision, decision
     assert not browser.find_element(By.ID, "banner").is_displayed()
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)

@@ -378,10 +378,12 @@ function renderRules(event) {
 function renderActions(status) {
   const actions = status.actions || [];
   const rows = actions.slice().reverse().map(a => {
-    const when = typeof a.timestamp === "number" ? new Date(a.timestamp * 1000).toLocaleTimeString() : String(a.timestamp ?? "");
-    const target = a.knob || a.action || a.kind || "";
-    const change = a.old !== undefined || a.new !== undefined ? ` ${a.old ?? ""} → ${a.new ?? ""}` : "";
-    return row([cell(when), cell(String(a.rule ?? "")), cell(target + change), cell(String(a.outcome ?? ""), `outcome-${a.outcome}`),
+    const ms = typeof a.timestamp === "number" ? a.timestamp * 1000 : Date.parse(a.timestamp);
+    const when = Number.isFinite(ms) ? new Date(ms).toLocaleTimeString() : String(a.timestamp ?? "");
+    const target = [a.action, a.knob].filter(Boolean).join(" ") || a.kind || "";
+    const change = a.old != null || a.new != null ? ` ${a.old ?? ""} → ${a.new ?? ""}` : "";
+    const outcome = String(a.outcome ?? "") + (a.dry_run && a.outcome !== "dry_run" ? " (dry-run)" : "");
+    return row([cell(when), cell(String(a.rule ?? "")), cell(target + change), cell(outcome, `outcome-${a.outcome}`),
       cell(String(a.reason ?? ""))]);
   });
   $("actions-table").querySelector("tbody").replaceChildren(...rows);
