@@ -19,23 +19,44 @@ from __future__ import annotations
 import math
 import operator
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import timedelta
-from decimal import Decimal
 from typing import Any, Protocol
 
 import promql_parser as pp
 
+from dsagent.rules.aggregate import SUPPORTED_AGGREGATIONS, aggregate, bucket_quantile, quantile_of
+from dsagent.rules.gomath import (
+    go_atan2,
+    go_div,
+    go_format_f,
+    go_log,
+    go_log2,
+    go_log10,
+    go_max,
+    go_min,
+    go_mod,
+    go_pow,
+    go_round_to,
+    kahan_inc,
+)
+from dsagent.rules.values import (
+    NAME,
+    Labels,
+    Matrix,
+    Point,
+    Points,
+    PromQLError,
+    Sample,
+    Scalar,
+    String,
+    Value,
+    Vector,
+    drop_name,
+    labels_key,
+)
 from dsagent.store import LabelMatcher, TimeSeriesStore
 
-Labels = dict[str, str]
-Point = tuple[int, float]  # (timestamp ms, value)
-NAME = "__name__"
 DEFAULT_LOOKBACK_MS = 300_000
-
-
-class PromQLError(ValueError):
-    """The expression cannot be parsed, is outside the supported subset, or failed to evaluate."""
 
 
 # ---- storage ------------------------------------------------------------------------------------------
@@ -80,138 +101,12 @@ def as_storage(store: Any) -> Storage:
 # ---- values -------------------------------------------------------------------------------------------
 
 
-@dataclass
-class Sample:
-    """One element of an instant vector; t is the sample's own time (for timestamp())."""
-
-    labels: Labels
-    value: float
-    t: int = 0
-
-
-class Points(Sequence[Point]):
-    """A series' samples in a range: `values` as stored (an array from the agent's store, no copy) and the
-    times read lazily as integer ms, so functions that need only values (avg_over_time, ...) or the ends
-    (rate, irate) never build a tuple per sample - the rules' hot path over hour-long 1 Hz windows."""
-
-    __slots__ = ("_times", "_seconds", "values")
-
-    def __init__(self, times: Sequence[float] | Sequence[int], values: Sequence[float], seconds: bool) -> None:
-        self._times = times
-        self._seconds = seconds  # times are float seconds (agent store) rather than integer ms
-        self.values = values
-
-    def __len__(self) -> int:
-        return len(self.values)
-
-    def time_ms(self, index: int) -> int:
-        t = self._times[index]
-        return round(t * 1000) if self._seconds else int(t)
-
-    def __getitem__(self, index):  # type: ignore[no-untyped-def, override]
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        return self.time_ms(index), self.values[index]
-
-    def __iter__(self):  # type: ignore[no-untyped-def]
-        times, values = self._times, self.values
-        if self._seconds:
-            return zip([round(t * 1000) for t in times], values, strict=True)
-        return zip(times, values, strict=True)
-
-
-def as_points(points: Sequence[Point] | Points) -> Points:
-    if isinstance(points, Points):
-        return points
-    return Points([t for t, _ in points], [v for _, v in points], seconds=False)
-
-
-Vector = list[Sample]
-Matrix = list[tuple[Labels, Points]]
-
-
-@dataclass
-class Scalar:
-    value: float
-
-
-@dataclass
-class String:
-    value: str
-
-
-Value = Vector | Matrix | Scalar | String
-
-
 # ---- the supported subset ----------------------------------------------------------------------------
 
 _MATCH_OPS = {"Equal": "=", "NotEqual": "!=", "Re": "=~", "NotRe": "!~"}
-SUPPORTED_AGGREGATIONS = {"sum", "avg", "min", "max", "count", "topk", "bottomk", "quantile", "group",
-                          "stddev", "stdvar", "count_values"}
 _DROPS_NAME = {"+", "-", "*", "/", "%", "^"}  # shouldDropMetricName: atan2 keeps the metric name
 _COMPARISON = {"==", "!=", ">", "<", ">=", "<="}
 _SET = {"and", "or", "unless"}
-
-
-def _labels_key(labels: Labels) -> tuple[tuple[str, str], ...]:
-    return tuple(sorted(labels.items()))
-
-
-def _drop_name(labels: Labels) -> Labels:
-    if NAME not in labels:
-        return labels
-    out = dict(labels)
-    del out[NAME]
-    return out
-
-
-def _go_min(a: float, b: float) -> float:
-    if math.isnan(a) or math.isnan(b):
-        return math.nan
-    return min(a, b)
-
-
-def _go_max(a: float, b: float) -> float:
-    if math.isnan(a) or math.isnan(b):
-        return math.nan
-    return max(a, b)
-
-
-def _div(a: float, b: float) -> float:
-    try:
-        return a / b
-    except ZeroDivisionError:
-        if math.isnan(a) or a == 0:
-            return math.nan
-        return math.copysign(math.inf, a) * math.copysign(1.0, b)
-
-
-def _mod(a: float, b: float) -> float:
-    try:
-        return math.fmod(a, b)
-    except ValueError:
-        return math.nan
-
-
-def _pow(a: float, b: float) -> float:
-    try:
-        result = a ** b
-    except ZeroDivisionError:
-        return math.inf
-    except OverflowError:
-        return math.inf if a > 0 or float(b).is_integer() and int(b) % 2 == 0 else -math.inf
-    if isinstance(result, complex):
-        return math.nan
-    return float(result)
-
-
-def _kahan_inc(inc: float, total: float, c: float) -> tuple[float, float]:
-    t = total + inc
-    if abs(total) >= abs(inc):
-        c += (total - t) + inc
-    else:
-        c += (inc - t) + total
-    return t, c
 
 
 def _arith(op: str, lhs: float, rhs: float) -> float:
@@ -222,11 +117,11 @@ def _arith(op: str, lhs: float, rhs: float) -> float:
     if op == "*":
         return lhs * rhs
     if op == "/":
-        return _div(lhs, rhs)
+        return go_div(lhs, rhs)
     if op == "%":
-        return _mod(lhs, rhs)
+        return go_mod(lhs, rhs)
     if op == "^":
-        return _pow(lhs, rhs)
+        return go_pow(lhs, rhs)
     if op == "atan2":
         return go_atan2(lhs, rhs)
     raise PromQLError(f"operator {op!r} not allowed here")
@@ -314,18 +209,18 @@ def _extrapolated_rate(ev: Evaluator, node: Any, matrix: Matrix, is_counter: boo
         sampled_interval = (points[-1][0] - points[0][0]) / 1000
         average_between = sampled_interval / (len(points) - 1)
         if is_counter and result > 0 and points[0][1] >= 0:
-            duration_to_zero = sampled_interval * _div(points[0][1], result)
+            duration_to_zero = sampled_interval * go_div(points[0][1], result)
             if duration_to_zero < duration_to_start:
                 duration_to_start = duration_to_zero
         threshold = average_between * 1.1
         extrapolate_to = sampled_interval
         extrapolate_to += duration_to_start if duration_to_start < threshold else average_between / 2
         extrapolate_to += duration_to_end if duration_to_end < threshold else average_between / 2
-        factor = _div(extrapolate_to, sampled_interval)
+        factor = go_div(extrapolate_to, sampled_interval)
         if is_rate:
             factor /= range_ms / 1000
         result *= factor
-        out.append(Sample(_drop_name(labels), result))
+        out.append(Sample(drop_name(labels), result))
     return out
 
 
@@ -341,7 +236,7 @@ def _instant_value(matrix: Matrix, is_rate: bool) -> Vector:
             continue
         if is_rate:
             result /= interval / 1000
-        out.append(Sample(_drop_name(labels), result))
+        out.append(Sample(drop_name(labels), result))
     return out
 
 
@@ -354,10 +249,10 @@ def _linear_regression(points: list[Point], intercept_ms: int) -> tuple[float, f
             const_y = False
         n += 1.0
         x = (t - intercept_ms) / 1e3
-        sum_x, c_x = _kahan_inc(x, sum_x, c_x)
-        sum_y, c_y = _kahan_inc(v, sum_y, c_y)
-        sum_xy, c_xy = _kahan_inc(x * v, sum_xy, c_xy)
-        sum_x2, c_x2 = _kahan_inc(x * x, sum_x2, c_x2)
+        sum_x, c_x = kahan_inc(x, sum_x, c_x)
+        sum_y, c_y = kahan_inc(v, sum_y, c_y)
+        sum_xy, c_xy = kahan_inc(x * v, sum_xy, c_xy)
+        sum_x2, c_x2 = kahan_inc(x * x, sum_x2, c_x2)
     if const_y:
         if math.isinf(init_y):
             return math.nan, math.nan
@@ -365,13 +260,13 @@ def _linear_regression(points: list[Point], intercept_ms: int) -> tuple[float, f
     sum_x, sum_y, sum_xy, sum_x2 = sum_x + c_x, sum_y + c_y, sum_xy + c_xy, sum_x2 + c_x2
     cov_xy = sum_xy - sum_x * sum_y / n
     var_x = sum_x2 - sum_x * sum_x / n
-    slope = _div(cov_xy, var_x)
+    slope = go_div(cov_xy, var_x)
     intercept = sum_y / n - slope * sum_x / n
     return slope, intercept
 
 
 def _over_time(matrix: Matrix, compute: Callable[[Points], float], keep_name: bool = False) -> Vector:
-    return [Sample(labels if keep_name else _drop_name(labels), compute(points)) for labels, points in matrix if points]
+    return [Sample(labels if keep_name else drop_name(labels), compute(points)) for labels, points in matrix if points]
 
 
 def _avg_values(points: Points) -> float:
@@ -458,69 +353,9 @@ def _stdvar_values(points: Points) -> float:
     for v in points.values:
         count += 1
         delta = v - (mean + c_mean)
-        mean, c_mean = _kahan_inc(delta / count, mean, c_mean)
-        aux, c_aux = _kahan_inc(delta * (v - (mean + c_mean)), aux, c_aux)
+        mean, c_mean = kahan_inc(delta / count, mean, c_mean)
+        aux, c_aux = kahan_inc(delta * (v - (mean + c_mean)), aux, c_aux)
     return (aux + c_aux) / count
-
-
-def quantile_of(q: float, values: list[float]) -> float:
-    """Prometheus's quantile(): linear interpolation between the closest ranks (q*(n-1))."""
-    if not values or math.isnan(q):
-        return math.nan
-    if q < 0:
-        return -math.inf
-    if q > 1:
-        return math.inf
-    ordered = sorted(values, key=lambda v: (not math.isnan(v), v))  # NaN sorts first, as in Go's Less
-    n = float(len(ordered))
-    rank = q * (n - 1)
-    lower = max(0.0, math.floor(rank))
-    upper = min(n - 1, lower + 1)
-    weight = rank - math.floor(rank)
-    return ordered[int(lower)] * (1 - weight) + ordered[int(upper)] * weight
-
-
-def bucket_quantile(q: float, buckets: list[tuple[float, float]]) -> float:
-    """bucketQuantile from promql/quantile.go: buckets are (upper bound, cumulative count)."""
-    if math.isnan(q):
-        return math.nan
-    if q < 0:
-        return -math.inf
-    if q > 1:
-        return math.inf
-    buckets = sorted(buckets, key=lambda b: b[0])
-    if not math.isinf(buckets[-1][0]) or buckets[-1][0] < 0:
-        return math.nan
-    coalesced: list[list[float]] = []
-    for upper, count in buckets:  # coalesceBuckets: equal bounds add up
-        if coalesced and coalesced[-1][0] == upper:
-            coalesced[-1][1] += count
-        else:
-            coalesced.append([upper, count])
-    highest = coalesced[0][1]  # ensureMonotonic
-    for bucket in coalesced[1:]:
-        if bucket[1] > highest:
-            highest = bucket[1]
-        elif bucket[1] < highest:
-            bucket[1] = highest
-    if len(coalesced) < 2:
-        return math.nan
-    observations = coalesced[-1][1]
-    if observations == 0:
-        return math.nan
-    rank = q * observations
-    b = next((i for i in range(len(coalesced) - 1) if coalesced[i][1] >= rank), len(coalesced) - 1)
-    if b == len(coalesced) - 1:
-        return coalesced[-2][0]
-    if b == 0 and coalesced[0][0] <= 0:
-        return coalesced[0][0]
-    bucket_start = 0.0
-    bucket_end, count = coalesced[b]
-    if b > 0:
-        bucket_start = coalesced[b - 1][0]
-        count -= coalesced[b - 1][1]
-        rank -= coalesced[b - 1][1]
-    return bucket_start + (bucket_end - bucket_start) * _div(rank, count)
 
 
 def _parse_go_float(text: str) -> float | None:
@@ -537,7 +372,7 @@ def _histogram_quantile(q: float, vector: Vector) -> Vector:
         if upper is None:
             continue
         kept = {k: v for k, v in sample.labels.items() if k not in (NAME, "le")}
-        key = _labels_key(kept)
+        key = labels_key(kept)
         if key not in groups:
             groups[key] = (kept, [])
         groups[key][1].append((upper, sample.value))
@@ -546,7 +381,7 @@ def _histogram_quantile(q: float, vector: Vector) -> Vector:
 
 def _simple(fn: Callable[[float], float]) -> Callable[[Evaluator, Any, list[Any]], Vector]:
     def apply(_ev: Evaluator, _node: Any, args: list[Any]) -> Vector:
-        return [Sample(_drop_name(s.labels), fn(s.value)) for s in args[0]]
+        return [Sample(drop_name(s.labels), fn(s.value)) for s in args[0]]
 
     return apply
 
@@ -563,103 +398,6 @@ def _safe(fn: Callable[[float], float]) -> Callable[[float], float]:
             return math.nan
 
     return call
-
-
-# Go computes `1 / Ln2` and `1 / Ln10` exactly at compile time, then rounds once: these are those float64s
-# (dividing by the rounded logs in Python gives a different last bit).
-_INV_LN2 = 1.4426950408889634
-_INV_LN10 = 0.4342944819032518
-
-
-def go_log(x: float) -> float:
-    """Go's math.Log (FreeBSD e_log.c, as Go runs it on amd64): C's log differs from it in the last place."""
-    if math.isnan(x) or x == math.inf:
-        return x
-    if x < 0:
-        return math.nan
-    if x == 0:
-        return -math.inf
-    ln2_hi, ln2_lo = 6.93147180369123816490e-01, 1.90821492927058770002e-10
-    l1, l2, l3 = 6.666666666666735130e-01, 3.999999999940941908e-01, 2.857142874366239149e-01
-    l4, l5, l6, l7 = 2.222219843214978396e-01, 1.818357216161805012e-01, 1.531383769920937332e-01, 1.479819860511658591e-01
-    f1, ki = math.frexp(x)
-    if f1 < math.sqrt(2) / 2:
-        f1 *= 2
-        ki -= 1
-    f = f1 - 1
-    k = float(ki)
-    s = f / (2 + f)
-    s2 = s * s
-    s4 = s2 * s2
-    t1 = s2 * (l1 + s4 * (l3 + s4 * (l5 + s4 * l7)))
-    t2 = s4 * (l2 + s4 * (l4 + s4 * l6))
-    r = t1 + t2
-    hfsq = 0.5 * f * f
-    return k * ln2_hi - ((hfsq - (s * (hfsq + r) + k * ln2_lo)) - f)
-
-
-def go_log2(value: float) -> float:
-    """Go's math.Log2: exact for powers of two, else Log(frac) / Ln2 + exp (not C's log2)."""
-    if value <= 0 or math.isnan(value) or math.isinf(value):
-        return go_log(value)
-    frac, exp = math.frexp(value)
-    if frac == 0.5:
-        return float(exp - 1)
-    return go_log(frac) * _INV_LN2 + float(exp)
-
-
-def go_log10(value: float) -> float:
-    """Go's math.Log10 = Log(x) * (1/Ln10), which differs from C's log10 in the last place."""
-    return go_log(value) * _INV_LN10
-
-
-def _go_xatan(x: float) -> float:
-    """Cephes' atan series on [0, 0.66], as Go's math package evaluates it."""
-    p0, p1, p2, p3, p4 = (-8.750608600031904122785e-01, -1.615753718733365076637e+01, -7.500855792314704667340e+01,
-                          -1.228866684490136173410e+02, -6.485021904942025371773e+01)
-    q0, q1, q2, q3, q4 = (2.485846490142306297962e+01, 1.650270098316988542046e+02, 4.328810604912902668951e+02,
-                          4.853903996359136964868e+02, 1.945506571482613964425e+02)
-    z = x * x
-    z = z * ((((p0 * z + p1) * z + p2) * z + p3) * z + p4) / (((((z + q0) * z + q1) * z + q2) * z + q3) * z + q4)
-    return x * z + x
-
-
-def _go_satan(x: float) -> float:
-    more_bits = 6.123233995736765886130e-17
-    if x <= 0.66:
-        return _go_xatan(x)
-    if x > 2.41421356237309504880:  # tan(3*pi/8)
-        return math.pi / 2 - _go_xatan(1 / x) + more_bits
-    return math.pi / 4 + _go_xatan((x - 1) / (x + 1)) + 0.5 * more_bits
-
-
-def go_atan2(y: float, x: float) -> float:
-    """Go's math.Atan2 (Cephes atan, quadrant by the signs), which PromQL's atan2 operator uses."""
-    if math.isnan(y) or math.isnan(x):
-        return math.nan
-    if y == 0:
-        return math.copysign(0.0, y) if x >= 0 and math.copysign(1.0, x) > 0 else math.copysign(math.pi, y)
-    if x == 0:
-        return math.copysign(math.pi / 2, y)
-    if math.isinf(x):
-        if x > 0:
-            return math.copysign(math.pi / 4, y) if math.isinf(y) else math.copysign(0.0, y)
-        return math.copysign(3 * math.pi / 4, y) if math.isinf(y) else math.copysign(math.pi, y)
-    if math.isinf(y):
-        return math.copysign(math.pi / 2, y)
-    ratio = y / x
-    q = ratio if ratio == 0 else (_go_satan(ratio) if ratio > 0 else -_go_satan(-ratio))
-    if x < 0:
-        return q + math.pi if q <= 0 else q - math.pi
-    return q
-
-
-def _round_to(value: float, to_nearest: float) -> float:
-    inverse = _div(1.0, to_nearest)
-    try:
-        return math.floor(value * inverse + 0.5) / inverse
-    except (ValueError, OverflowError):
-        return value * inverse / inverse
 
 
 def _absent_labels(node: Any) -> Labels:
@@ -740,7 +478,7 @@ def _calendar(fn: Callable[[Any], float]) -> Callable[[Evaluator, Any, list[Any]
         out = []
         for sample in args[0]:
             moment = datetime.fromtimestamp(sample.value, tz=timezone.utc)
-            out.append(Sample(_drop_name(sample.labels), fn(moment)))
+            out.append(Sample(drop_name(sample.labels), fn(moment)))
         return out
 
     return apply
@@ -759,10 +497,10 @@ FUNCTIONS: dict[str, Callable[[Evaluator, Any, list[Any]], Value]] = {
     "irate": lambda ev, node, args: _instant_value(args[0], True),
     "idelta": lambda ev, node, args: _instant_value(args[0], False),
     "deriv": lambda ev, node, args: [
-        Sample(_drop_name(labels), _linear_regression(points, points[0][0])[0])
+        Sample(drop_name(labels), _linear_regression(points, points[0][0])[0])
         for labels, points in args[0] if len(points) >= 2],
     "predict_linear": lambda ev, node, args: [
-        Sample(_drop_name(labels), (lambda s_i: s_i[1] + s_i[0] * args[1])(_linear_regression(points, ev.ts)))
+        Sample(drop_name(labels), (lambda s_i: s_i[1] + s_i[0] * args[1])(_linear_regression(points, ev.ts)))
         for labels, points in args[0] if len(points) >= 2],
     "avg_over_time": lambda ev, node, args: _over_time(args[0], _avg_values),
     "sum_over_time": lambda ev, node, args: _over_time(args[0], _sum_values),
@@ -790,16 +528,16 @@ FUNCTIONS: dict[str, Callable[[Evaluator, Any, list[Any]], Value]] = {
     "log2": _simple(go_log2),
     "log10": _simple(go_log10),
     "sgn": _simple(lambda v: v if math.isnan(v) else float((v > 0) - (v < 0))),
-    "round": lambda ev, node, args: [Sample(_drop_name(s.labels), _round_to(s.value, args[1] if len(args) > 1 else 1.0))
+    "round": lambda ev, node, args: [Sample(drop_name(s.labels), go_round_to(s.value, args[1] if len(args) > 1 else 1.0))
                                       for s in args[0]],
     "clamp": lambda ev, node, args: [] if args[2] < args[1] else [
-        Sample(_drop_name(s.labels), _go_max(args[1], _go_min(args[2], s.value))) for s in args[0]],
-    "clamp_min": lambda ev, node, args: [Sample(_drop_name(s.labels), _go_max(args[1], s.value)) for s in args[0]],
-    "clamp_max": lambda ev, node, args: [Sample(_drop_name(s.labels), _go_min(args[1], s.value)) for s in args[0]],
+        Sample(drop_name(s.labels), go_max(args[1], go_min(args[2], s.value))) for s in args[0]],
+    "clamp_min": lambda ev, node, args: [Sample(drop_name(s.labels), go_max(args[1], s.value)) for s in args[0]],
+    "clamp_max": lambda ev, node, args: [Sample(drop_name(s.labels), go_min(args[1], s.value)) for s in args[0]],
     "scalar": lambda ev, node, args: Scalar(args[0][0].value if len(args[0]) == 1 else math.nan),
     "vector": lambda ev, node, args: [Sample({}, args[0])],
     "time": lambda ev, node, args: Scalar(ev.ts / 1000),
-    "timestamp": lambda ev, node, args: [Sample(_drop_name(s.labels), s.t / 1000) for s in args[0]],
+    "timestamp": lambda ev, node, args: [Sample(drop_name(s.labels), s.t / 1000) for s in args[0]],
     "sort": lambda ev, node, args: sorted(args[0], key=lambda s: (not math.isnan(s.value), s.value)),
     "sort_desc": lambda ev, node, args: sorted(args[0], key=lambda s: (math.isnan(s.value), -s.value)),
     "label_replace": _label_replace,
@@ -898,7 +636,7 @@ class Evaluator:
             value = self.eval(node.expr)
             if isinstance(value, Scalar):
                 return Scalar(-value.value)
-            vector = [Sample(_drop_name(s.labels), -s.value, s.t) for s in self._vector(value)]
+            vector = [Sample(drop_name(s.labels), -s.value, s.t) for s in self._vector(value)]
             _check_unique(vector)
             return vector
         if isinstance(node, pp.Call):
@@ -1041,7 +779,7 @@ def _signature_func(on: bool, names: list[str]) -> Callable[[Labels], tuple[tupl
 def _check_unique(vector: Vector) -> None:
     seen = set()
     for sample in vector:
-        key = _labels_key(sample.labels)
+        key = labels_key(sample.labels)
         if key in seen:
             raise PromQLError("vector cannot contain metrics with the same labelset")
         seen.add(key)
@@ -1059,7 +797,7 @@ def _vector_scalar(op: str, vector: Vector, scalar: float, swap: bool, return_bo
             value = 1.0 if keep else 0.0
             keep = True
         if keep:
-            out.append(Sample(_drop_name(sample.labels) if drop else sample.labels, value, sample.t))
+            out.append(Sample(drop_name(sample.labels) if drop else sample.labels, value, sample.t))
     if drop:
         _check_unique(out)
     return out
@@ -1098,7 +836,7 @@ def _vector_binop(op: str, lhs: Vector, rhs: Vector, card: str, on: bool, matchi
             continue
         metric = _result_metric(sample.labels, other.labels, op, card, on, matching, include)
         if return_bool:
-            metric = _drop_name(metric)
+            metric = drop_name(metric)
         if card == "OneToOne":
             if sig in matched:
                 raise PromQLError("multiple matches for labels: many-to-one matching must be explicit "
@@ -1109,7 +847,7 @@ def _vector_binop(op: str, lhs: Vector, rhs: Vector, card: str, on: bool, matchi
             if inserted is None:
                 inserted = set()
                 matched[sig] = inserted
-            key = _labels_key(metric)
+            key = labels_key(metric)
             if key in inserted:
                 raise PromQLError("multiple matches for labels: grouping labels must ensure unique matches")
             inserted.add(key)
@@ -1137,181 +875,11 @@ def _result_metric(lhs: Labels, rhs: Labels, op: str, card: str, on: bool, match
     return result
 
 
-def _go_heap_less(a: Sample, b: Sample) -> bool:
-    if math.isnan(a.value) and not math.isnan(b.value):
-        return True
-    return a.value < b.value
-
-
-class _GoHeap:
-    """container/heap as Go implements it, so topk/bottomk keep the same series as Prometheus on ties."""
-
-    def __init__(self, less: Callable[[Sample, Sample], bool], first: Sample) -> None:
-        self.items = [first]
-        self.less = less
-
-    def _up(self, j: int) -> None:
-        while True:
-            i = (j - 1) // 2
-            if i == j or j <= 0 or not self.less(self.items[j], self.items[i]):
-                break
-            self.items[i], self.items[j] = self.items[j], self.items[i]
-            j = i
-
-    def _down(self, i0: int, n: int) -> bool:
-        i = i0
-        while True:
-            j1 = 2 * i + 1
-            if j1 >= n or j1 < 0:
-                break
-            j = j1
-            j2 = j1 + 1
-            if j2 < n and self.less(self.items[j2], self.items[j1]):
-                j = j2
-            if not self.less(self.items[j], self.items[i]):
-                break
-            self.items[i], self.items[j] = self.items[j], self.items[i]
-            i = j
-        return i > i0
-
-    def push(self, sample: Sample) -> None:
-        self.items.append(sample)
-        self._up(len(self.items) - 1)
-
-    def pop(self) -> Sample:
-        n = len(self.items) - 1
-        self.items[0], self.items[n] = self.items[n], self.items[0]
-        self._down(0, n)
-        return self.items.pop()
-
-
-def aggregate(op: str, vector: Vector, grouping: list[str], without: bool, param: Any) -> Vector:
-    """Prometheus's aggregation over an instant vector (engine.go aggregation())."""
-    k = 0
-    if op in ("topk", "bottomk"):
-        if param is None or not isinstance(param, float) or math.isnan(param) or abs(param) >= 2 ** 63:
-            raise PromQLError(f"Scalar value {param} overflows int64")
-        k = int(param)
-        if k < 1:
-            return []
-    if op == "count_values":
-        import re
-
-        if not isinstance(param, str) or not re.fullmatch(r"[a-zA-Z_][a-zA-Z0-9_]*", param):
-            raise PromQLError(f"invalid label name {param!r}")
-        if not without:
-            grouping = sorted([*grouping, param])
-    grouping_set = set(grouping)
-    groups: dict[tuple[tuple[str, str], ...], dict[str, Any]] = {}
-    order: list[dict[str, Any]] = []
-    for sample in vector:
-        metric = sample.labels
-        if op == "count_values":
-            metric = {**metric, param: _go_format_f(sample.value)}
-        if without:
-            key = tuple(sorted((n, v) for n, v in metric.items() if n not in grouping_set and n != NAME))
-        else:
-            key = tuple(sorted((n, v) for n, v in metric.items() if n in grouping_set))
-        group = groups.get(key)
-        value = sample.value
-        if group is None:
-            if without:
-                labels = {n: v for n, v in metric.items() if n not in grouping_set and n != NAME}
-            elif grouping:
-                labels = {n: v for n, v in metric.items() if n in grouping_set}
-            else:
-                labels = {}
-            group = {"labels": labels, "value": value, "mean": value, "count": 1}
-            if op in ("stddev", "stdvar"):
-                group["value"] = 0.0
-            elif op == "topk":
-                group["heap"] = _GoHeap(_go_heap_less, Sample(sample.labels, value))
-            elif op == "bottomk":
-                group["heap"] = _GoHeap(lambda a, b: _go_heap_less(b, a), Sample(sample.labels, value))
-            elif op == "quantile":
-                group["values"] = [value]
-            elif op == "group":
-                group["value"] = 1.0
-            groups[key] = group
-            order.append(group)
-            continue
-        if op == "sum":
-            group["value"] += value
-        elif op == "avg":
-            group["count"] += 1
-            mean = group["mean"]
-            if math.isinf(mean):
-                if math.isinf(value) and (mean > 0) == (value > 0):
-                    continue
-                if not math.isinf(value) and not math.isnan(value):
-                    continue
-            group["mean"] = mean + (value / group["count"] - mean / group["count"])
-        elif op == "max":
-            if group["value"] < value or math.isnan(group["value"]):
-                group["value"] = value
-        elif op == "min":
-            if group["value"] > value or math.isnan(group["value"]):
-                group["value"] = value
-        elif op in ("count", "count_values"):
-            group["count"] += 1
-        elif op in ("stddev", "stdvar"):
-            group["count"] += 1
-            delta = value - group["mean"]
-            group["mean"] += delta / group["count"]
-            group["value"] += delta * (value - group["mean"])
-        elif op in ("topk", "bottomk"):
-            heap: _GoHeap = group["heap"]
-            top = heap.items[0].value
-            better = top < value if op == "topk" else top > value
-            if len(heap.items) < k or better or math.isnan(top):
-                if len(heap.items) == k:
-                    if k == 1:
-                        heap.items[0] = Sample(sample.labels, value)
-                        continue
-                    heap.pop()
-                heap.push(Sample(sample.labels, value))
-        elif op == "quantile":
-            group["values"].append(value)
-    out: Vector = []
-    for group in order:
-        if op in ("topk", "bottomk"):
-            items = group["heap"].items
-            items_sorted = sorted(items, key=lambda s: (not math.isnan(s.value), s.value), reverse=op == "topk")
-            out.extend(Sample(s.labels, s.value) for s in items_sorted)
-            continue
-        if op == "avg":
-            value = group["mean"]
-        elif op in ("count", "count_values"):
-            value = float(group["count"])
-        elif op == "stdvar":
-            value = group["value"] / group["count"]
-        elif op == "stddev":
-            value = math.sqrt(group["value"] / group["count"])
-        elif op == "quantile":
-            value = quantile_of(float(param), group["values"])
-        else:
-            value = group["value"]
-        out.append(Sample(group["labels"], value))
-    return out
-
-
 # ---- formatting (Prometheus's JSON) ---------------------------------------------------------------------
 
 
-def _go_format_f(value: float) -> str:
-    """Go's strconv.FormatFloat(v, 'f', -1, 64): "1", "0.25", "NaN", "+Inf"."""
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    text = format(Decimal(repr(float(value))), "f")
-    if "." in text:
-        text = text.rstrip("0").rstrip(".")
-    return "0" if text in ("-0", "") else text
-
-
 def format_value(value: float) -> str:
-    return _go_format_f(value)
+    return go_format_f(value)
 
 
 def _format_labels(labels: Labels) -> str:
@@ -1364,7 +932,7 @@ def query_instant(store: Any, text: str, at_seconds: float, lookback_seconds: fl
         matrix: Matrix = value  # type: ignore[assignment]
         return {"resultType": "matrix", "result": [
             {"metric": labels, "values": [[_seconds(t), format_value(v)] for t, v in points]}
-            for labels, points in sorted(matrix, key=lambda item: _labels_key(item[0]))]}
+            for labels, points in sorted(matrix, key=lambda item: labels_key(item[0]))]}
     vector: Vector = value  # type: ignore[assignment]
     return {"resultType": "vector", "result": [
         {"metric": s.labels, "value": [stamp, format_value(s.value)]} for s in vector]}
@@ -1393,7 +961,7 @@ def query_range(store: Any, text: str, start_seconds: float, end_seconds: float,
                               "Vector")
         else:
             for s in value:  # type: ignore[union-attr]
-                key = _labels_key(s.labels)  # type: ignore[union-attr]
+                key = labels_key(s.labels)  # type: ignore[union-attr]
                 series.setdefault(key, (s.labels, []))[1].append([stamp, format_value(s.value)])  # type: ignore[union-attr]
         ts += step
     return {"resultType": "matrix", "result": [
