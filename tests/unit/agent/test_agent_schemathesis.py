@@ -30,6 +30,10 @@ def _running_agent() -> Agent:
         "data_dir": str(data_dir), "engine.kind": "external", "engine.url": "http://127.0.0.1:9",
         "server.port": 0, "sources.gpu.backend": "fake", "sources.gpu.fake_gpu_count": 2,
         "sources.otlp_receiver.token": TOKEN, "actions.dry_run": True,
+        # The engine is a dead URL on purpose, and this agent starts at collection, long before its tests
+        # run in a full session: readiness follows the simulated GPUs and the host here, so /readyz stays
+        # 200 and any 5xx is a real server error (the 503 for a stale engine: test_agent_readiness.py).
+        "server.readiness_required_sources": ["gpu", "host"],
     }))
     agent.start()
     agent.collect_once()  # the store has series for the query API to find
