@@ -185,7 +185,7 @@ def _sampler(settings: TuneSettings, dimensions: Sequence[Dimension], offset: in
         return optuna.samplers.NSGAIISampler(population_size=population, seed=seed, constraints_func=constraints)
     # independent TPE: on one measured 48-point table of bench/tuner.py it reached 95 % of the best within
     # 12 points for 70 % of 30 seeds (multivariate TPE 50 %, random 47 %); on a later, noisier table it only
-    # matched random sampling (9 vs 10 of 20 seeds). See docs/examples and the issue-13 note.
+    # matched random sampling (9 vs 10 of 20 seeds): rerun bench/tuner.py before trusting either.
     startup = max(3, min(10, settings.max_trials // 4))
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, constraints_func=constraints)
 
