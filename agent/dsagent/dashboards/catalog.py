@@ -208,7 +208,11 @@ def actions() -> Dashboard:
         xy_panel(d, "knobs", "Engine knob values over time", (24, 12, 24, 12), METRICS_VIEW,
                  _gauge("dsagent_engine_knob_value", "Value"),
                  split=terms(HOST, "Host / knob", size=40, order_by="y0", secondary_fields=("labels.knob",))),
-        SearchPanel("decision-log", "Decision log (newest first)", (0, 24, 48, 15), DECISIONS_SEARCH),
+        xy_panel(d, "alerts", "Rule alerts pending and firing per host", (0, 24, 48, 10), METRICS_VIEW,
+                 _gauge("dsagent_rule_alerts", "Alerts", operation="max"),
+                 split=terms(HOST, "Host / state", size=40, order_by="y0", secondary_fields=("labels.state",)),
+                 description="Alert instances of the loaded rule files by state (dsagent_rule_alerts)."),
+        SearchPanel("decision-log", "Decision log (newest first)", (0, 34, 48, 15), DECISIONS_SEARCH),
     ]
     return board
 

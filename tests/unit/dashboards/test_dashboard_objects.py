@@ -56,7 +56,7 @@ def test_dashboards_cover_the_views_the_issue_lists() -> None:
     for word in ("requests per second", "p99", "slo", "first token", "tokens per second", "error rate",
                  "utilization", "memory used", "temperature", "power", "sm clock", "memory clock", "throttle",
                  "xid", "energy per output token", "latency distribution", "prompt length", "output length",
-                 "finish reasons", "slowest", "decisions", "scale events", "knob values", "decision log"):
+                 "finish reasons", "slowest", "decisions", "scale events", "knob values", "alerts pending and firing", "decision log"):
         assert word in text, word
 
 
