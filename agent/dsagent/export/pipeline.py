@@ -28,8 +28,9 @@ from typing import Any
 from opentelemetry._logs import SeverityNumber
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics.export import MetricExportResult, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from dsagent.export.config import ExportConfig
 from dsagent.export.destination import DeadLetterFile, Destination
@@ -117,7 +118,10 @@ class TelemetryPipeline:
             resource=resource, metric_readers=[self._metric_reader], views=histogram_views(config.buckets)
         )
         meter = self._meter_provider.get_meter(SCOPE_NAME)
-        self._samples = SampleInstruments(meter)
+        self._resource = resource
+        self._scope = InstrumentationScope(SCOPE_NAME)
+        self._samples = SampleInstruments()  # last-value series: MetricsData built directly, not via the SDK
+        self._samples_lock = threading.Lock()
         self._requests = RequestInstruments(meter)
 
         self._log_exporter = SpoolingLogExporter(self.targets)
@@ -154,7 +158,12 @@ class TelemetryPipeline:
         if self._shut_down:
             return False
         try:
-            return bool(self._metric_reader.force_flush(timeout_millis=timeout_seconds * 1000))
+            flushed = bool(self._metric_reader.force_flush(timeout_millis=timeout_seconds * 1000))  # histograms
+            with self._samples_lock:
+                samples_data = self._samples.collect(self._resource, self._scope, time.time_ns())
+                if samples_data is not None:
+                    flushed = self._metric_exporter.export(samples_data) is MetricExportResult.SUCCESS and flushed
+            return flushed
         except Exception:  # noqa: BLE001 - collection problems must not reach the caller's job
             log.exception("collecting metrics failed")
             return False
