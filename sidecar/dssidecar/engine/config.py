@@ -1,8 +1,9 @@
 """EngineConfig: the engine's settings, including the knobs that can change while it runs.
 
-`max_batch_size` and `max_num_batched_tokens` are read by the scheduler every step (the knob controller
-changes them live on `engine.scheduler`); `precision` and `backend` need a new runner (see
-LLMEngine.swap_runner); `kv_cache_blocks` sizes the KV pool (None: from a memory budget).
+`max_batch_size` and `max_num_batched_tokens` are read by the scheduler every step (the knobs change them
+live through `LLMEngine.set_limits`); `precision` and `backend` need a new runner (see
+LLMEngine.replace_runner); `kv_cache_blocks` sizes the KV pool (None: from a memory budget;
+LLMEngine.resize_kv_pool changes it live).
 """
 
 from __future__ import annotations
