@@ -655,12 +655,64 @@ def run_long_prompt_checks(server: SidecarServer, token_ids: Sequence[int], seed
     return figures
 
 
+def count_stalls(model_dir: Path, token_ids: Sequence[int], seed: int) -> dict[str, float]:
+    """Deterministic (engine steps, no clocks): does an arriving prompt stall the running streams?
+
+    The engine in-process, stepped by hand: up to TTFT_CONCURRENCY streams in flight, a new request every
+    3 steps while fewer run, STEADY_STATE_REQUESTS requests with prompts of 100-400 tokens and
+    LONG_PROMPT_OUTPUT_TOKENS new tokens. For each token a running stream receives, the steps since its
+    previous token (1: it was not held back); steps from arrival to a request's first token."""
+    from dssidecar.engine.config import EngineConfig
+    from dssidecar.engine.llm_engine import LLMEngine
+    from dssidecar.engine.protocol import SamplingParams
+
+    engine = LLMEngine.from_model_path(model_dir, EngineConfig(max_batch_size=NUM_REQUESTS))
+    requests = make_workload(token_ids, STEADY_STATE_REQUESTS, seed + 40, LONG_PROMPT_RANGE,
+                             (LONG_PROMPT_OUTPUT_TOKENS, LONG_PROMPT_OUTPUT_TOKENS))
+    arrival: dict[str, int] = {}
+    last: dict[str, int] = {}
+    done: set[str] = set()
+    gaps: list[int] = []
+    first: list[int] = []
+    step = 0
+    while len(arrival) < len(requests) or engine.has_unfinished_requests():
+        if len(arrival) < len(requests) and len(arrival) - len(done) < TTFT_CONCURRENCY and step % 3 == 0:
+            request = requests[len(arrival)]
+            request_id = f"stall-{len(arrival)}"
+            engine.add_request(request_id, request.prompt_token_ids,
+                               SamplingParams(max_tokens=request.max_new_tokens, temperature=0.0, ignore_eos=True))
+            arrival[request_id] = step
+        step += 1
+        for output in engine.step():
+            if output.token_ids:
+                if output.request_id in last:
+                    gaps.append(step - last[output.request_id])
+                else:
+                    first.append(step - arrival[output.request_id])
+                last[output.request_id] = step
+            if output.finished:
+                done.add(output.request_id)
+    stalled = sum(1 for gap in gaps if gap > 1)
+    return {"stall_check_steps": float(step), "stall_check_tokens": float(len(gaps)),
+            "stall_check_tokens_after_a_stalled_step": float(stalled),
+            "stall_check_max_gap_steps": float(max(gaps)),
+            "stall_check_steps_to_first_token_max": float(max(first))}
+
+
 def long_prompt_target_rows(figures: dict[str, float]) -> list[list[Any]]:
     singles = ", ".join(f"{length}: {figures[f'long_prompt_single_ttft_{length}_seconds'] * 1000:.0f}"
                         for length in LONG_PROMPT_SINGLE_LENGTHS)
     slowdown = figures["long_prompt_steady8_slowdown_p99"]
     ratio = figures[f"streams{STREAMS}_gap_p99_ratio"]
+    stalled = figures["stall_check_tokens_after_a_stalled_step"]
+    tokens = figures["stall_check_tokens"]
     return [
+        [f"engine steps: tokens of running streams that waited an extra step because a prompt arrived "
+         f"({STEADY_STATE_REQUESTS} requests, prompts {LONG_PROMPT_RANGE[0]}-{LONG_PROMPT_RANGE[1]}, "
+         f"{TTFT_CONCURRENCY} in flight; counted, no clocks)",
+         f"{stalled:.0f} of {tokens:.0f} ({stalled / max(tokens, 1):.1%}); max gap "
+         f"{figures['stall_check_max_gap_steps']:.0f} steps in {figures['stall_check_steps']:.0f} steps",
+         "0", verdict(-stalled, 0.0)],
         [f"dssidecar over HTTP, prompts {LONG_PROMPT_RANGE[0]}-{LONG_PROMPT_RANGE[1]}: p99 of TTFT / single TTFT at "
          f"the same prompt length, steady closed loop of {TTFT_CONCURRENCY} streams",
          f"{slowdown:.2f}x (p50 {figures['long_prompt_steady8_slowdown_p50']:.2f}x; TTFT p99 "
@@ -764,6 +816,8 @@ def bench_size(size: str, arch: str, args: argparse.Namespace) -> dict[str, floa
         ttft = run_ttft_check(server, token_ids, args.seed)
         log(f"{size}: latency checks with prompts of {LONG_PROMPT_RANGE[0]}-{LONG_PROMPT_RANGE[1]} tokens")
         ttft.update(run_long_prompt_checks(server, token_ids, args.seed))
+        log(f"{size}: counting stalled steps (in-process, deterministic)")
+        ttft.update(count_stalls(model_dir, token_ids, args.seed))
 
     ways: list[WayResult] = []
     keys: list[str] = []
