@@ -100,7 +100,13 @@ def run_apply(config: Any, profile_path: Path, engine_url: str | None, token: st
         verdict = f" -> BREACH: {report.breach}" if report.breach else (" -> SLO holds" if figures else "")
         console.print(f"stage {report.number}: {changes}{measured}{verdict}")
 
-    rollout = StagedRollout(guard, adapter.read_knobs, probe_with_load(url, profile, concurrency), profile,
+    load_probe = probe_with_load(url, profile, concurrency)
+
+    def probe(seconds: float) -> dict[str, Any]:
+        with console.status(f"verify window: {seconds:g} s of the profile's workload against {url}"):
+            return load_probe(seconds)
+
+    rollout = StagedRollout(guard, adapter.read_knobs, probe, profile,
                             verify_seconds=verify_seconds, label=f"tune apply {profile_path.name}",
                             dry_run=dry_run, on_stage=on_stage)
     try:
