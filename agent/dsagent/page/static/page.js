@@ -262,7 +262,13 @@ window.addEventListener("resize", () => {
 // ---- panels -----------------------------------------------------------------------------------------
 function $(id) { return document.getElementById(id); }
 function setText(id, text) { const el = $(id); if (el.textContent !== text) el.textContent = text; }
-function cell(text, className) { const td = document.createElement("td"); td.textContent = text; if (className) td.className = className; return td; }
+function cell(text, className) {
+  const td = document.createElement("td");
+  td.textContent = text;
+  td.title = text;  // cut cells (rule expressions, reasons) show in full on hover
+  if (className) td.className = className;
+  return td;
+}
 function row(cells) { const tr = document.createElement("tr"); tr.append(...cells); return tr; }
 
 function panelError(panelId, message) {
