@@ -311,6 +311,11 @@ class Guard:
 
     # ---- metrics -------------------------------------------------------------------------------------
 
+    def count_external(self, event: dict[str, Any]) -> None:
+        """Count an audit event whose Decision ran through another process's guard (`dsagent tune apply`)."""
+        with self._lock:
+            self.outcome_counts[(str(event.get("action") or "unknown"), str(event["outcome"]))] += 1
+
     def samples(self, now_seconds: float) -> list[Sample]:
         """dsagent_actions_total{action,outcome} and dsagent_actions_pending_verify for /metrics."""
         with self._lock:

@@ -43,6 +43,7 @@ class ActionRuntime:
         self.engine = engine
         self.data_dir = Path(data_dir)
         self.registry = ActuatorRegistry()
+        self.audit = audit
         self.guard = Guard(config, self.registry, audit=audit)
         scale = config.scale
         self.dispatcher = Dispatcher(self.guard, scale_target=f"{scale.kind}/{scale.namespace}/{scale.name or '-'}",
@@ -218,6 +219,23 @@ class ActionRuntime:
         failed = any(o["status"] == "failed" for o in outcomes)
         return (200 if not failed else 502), {"outcomes": outcomes}
 
+    def record_external_audit(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """POST /api/actions/audit: {"events": [<audit event>...]} from a Decision path that ran outside this
+        process (`dsagent tune apply` drives its own guard so a stage rollback never waits for the rules'
+        cooldown). The events join this agent's audit trail: `dsagent status`, logs-dsagent.actions (their
+        deterministic `decision_id` keeps a resend from duplicating) and /metrics."""
+        events = body.get("events") if isinstance(body, dict) else None
+        if not isinstance(events, list) or not events:
+            return 422, {"error": "body must be {\"events\": [<audit event>, ...]}"}
+        for index, event in enumerate(events):
+            if not isinstance(event, dict) or not isinstance(event.get("outcome"), str) \
+                    or not isinstance(event.get("decision_id"), str):
+                return 422, {"error": f"events[{index}]: an audit event needs string 'outcome' and 'decision_id'"}
+        for event in events:
+            self.audit(event)
+            self.guard.count_external(event)
+        return 200, {"recorded": len(events)}
+
     def router(self) -> APIRouter:
         router = APIRouter()
 
@@ -229,6 +247,14 @@ class ActionRuntime:
                 return JSONResponse({"error": f"send 'Authorization: Bearer <token>' with the token in "
                                               f"{self.data_dir / CONTROL_TOKEN_FILE_NAME}"}, status_code=401)
             status, answer = await anyio.to_thread.run_sync(self.submit_operator, body)
+            return JSONResponse(answer, status_code=status)
+
+        @router.post("/api/actions/audit")
+        def post_audit(body: dict[str, Any], request: Request) -> JSONResponse:
+            if not self.authorized(request.headers.get("authorization")):
+                return JSONResponse({"error": f"send 'Authorization: Bearer <token>' with the token in "
+                                              f"{self.data_dir / CONTROL_TOKEN_FILE_NAME}"}, status_code=401)
+            status, answer = self.record_external_audit(body)
             return JSONResponse(answer, status_code=status)
 
         @router.get("/api/actions")

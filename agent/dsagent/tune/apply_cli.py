@@ -4,7 +4,9 @@ previous profile and the printed stage table around `StagedRollout`.
 Why the guard is built here: the roll-out's Decisions go through the same `Guard` class as the rules, with
 the operator's `actions:` config (knob bounds, global dry-run), but with no cooldown, hysteresis or rate
 limit between the stages of one roll-out (a rollback must never wait). Audit events are appended to
-DATA_DIR/tune/actions.ndjson in the logs-dsagent.actions document shape and printed.
+DATA_DIR/tune/actions.ndjson in the logs-dsagent.actions document shape, printed, and relayed to the agent
+running on this data dir (POST /api/actions/audit with its control token), so they show in `dsagent status`,
+on /metrics and in logs-dsagent.actions like every other Decision. No agent running: the file keeps them.
 """
 
 from __future__ import annotations
@@ -31,6 +33,44 @@ def _engine(config: Any, engine_url: str | None, token: str | None, fail: Callab
     return url, token
 
 
+class AgentAuditRelay:
+    """Sends the roll-out's audit events to the agent running on the same data dir (found through its
+    agent.json and control.token), once each; says once when it cannot, and the local file still has them."""
+
+    def __init__(self, url: str | None, token: str | None) -> None:
+        self.url = url
+        self.token = token
+        self.sent = 0
+        self.failure: str | None = None
+
+    @classmethod
+    def for_data_dir(cls, data_dir: Path) -> AgentAuditRelay:
+        try:
+            url = str(json.loads((data_dir / "agent.json").read_text(encoding="utf-8"))["url"]).rstrip("/")
+            token = (data_dir / "control.token").read_text(encoding="utf-8").strip()
+        except (OSError, ValueError, KeyError, TypeError):
+            return cls(None, None)  # no agent on this data dir: the local audit file is the record
+        return cls(url, token)
+
+    def send(self, event: dict[str, Any]) -> bool:
+        if not self.url or self.failure is not None:
+            return False
+        import httpx
+
+        try:
+            response = httpx.post(f"{self.url}/api/actions/audit", json={"events": [event]},
+                                  headers={"Authorization": f"Bearer {self.token}"}, timeout=10.0)
+            response.raise_for_status()
+        except httpx.HTTPError as exc:
+            self.failure = f"the agent at {self.url} did not take the audit event ({exc}); kept in the local file"
+            from rich.console import Console
+
+            Console(stderr=True).print(f"tune: {self.failure}")
+            return False
+        self.sent += 1
+        return True
+
+
 def _guard(config: Any, url: str, token: str, audit_path: Path, dry_run: bool) -> tuple[Any, Any, list[dict[str, Any]]]:
     from dsagent.actions.actuators.base import ActuatorRegistry
     from dsagent.actions.actuators.engine_knobs import EngineKnobActuator
@@ -45,11 +85,13 @@ def _guard(config: Any, url: str, token: str, audit_path: Path, dry_run: bool) -
         "dry_run": bool(config.actions.dry_run or dry_run)})
     events: list[dict[str, Any]] = []
     audit_path.parent.mkdir(parents=True, exist_ok=True)
+    relay = AgentAuditRelay.for_data_dir(Path(config.data_dir).expanduser())
 
     def audit(event: dict[str, Any]) -> None:
         events.append(event)
         with audit_path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(event, default=str) + "\n")
+        relay.send(event)
 
     return Guard(rollout_config, registry, audit=audit), adapter, events
 
