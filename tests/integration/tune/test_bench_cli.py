@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import statistics
 import subprocess
 import sys
 import time
@@ -16,6 +15,9 @@ from dsagent.tune.engine import free_port
 from sidecar_process import SidecarProcess
 
 NUM_PROMPTS = 16
+# Requests long enough (48-64 new tokens) that the server's work, not each client's per-request overhead or a
+# burst of load from another process, decides a round's time.
+AGREEMENT_WORKLOAD = "name: agreement\nprompt_tokens: {min: 8, max: 24}\noutput_tokens: {min: 48, max: 64}\n"
 
 
 def _dsagent(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -23,11 +25,11 @@ def _dsagent(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[st
                           timeout=timeout, check=False)
 
 
-def _plain_sequential(base_url: str) -> tuple[int, int, float]:
+def _plain_sequential(base_url: str, workload: str = "tiny") -> tuple[int, int, float]:
     """An independent client: the same requests, one at a time with a plain synchronous httpx stream (the
     same streaming work for the server); counts from the final `usage` chunk."""
     model = httpx.get(f"{base_url}/v1/models", timeout=10).json()["data"][0]["id"]
-    specs = load_workload("tiny").generate(NUM_PROMPTS, seed=0)
+    specs = load_workload(workload).generate(NUM_PROMPTS, seed=0)
     completed = output_tokens = 0
     with httpx.Client(timeout=120) as client:
         started = time.perf_counter()
@@ -47,8 +49,8 @@ def _plain_sequential(base_url: str) -> tuple[int, int, float]:
     return completed, output_tokens, completed / elapsed
 
 
-def _bench(base_url: str, json_path: Path) -> dict[str, float]:
-    result = _dsagent("bench", base_url, "--workload", "tiny", "--num-prompts", str(NUM_PROMPTS), "--concurrency", "1",
+def _bench(base_url: str, json_path: Path, workload: str = "tiny") -> dict[str, float]:
+    result = _dsagent("bench", base_url, "--workload", workload, "--num-prompts", str(NUM_PROMPTS), "--concurrency", "1",
                       "--goodput", "e2el:60000", "--json", str(json_path), "--quiet")
     assert result.returncode == 0, result.stderr
     assert "request throughput" in result.stdout
@@ -57,11 +59,15 @@ def _bench(base_url: str, json_path: Path) -> dict[str, float]:
 
 @pytest.mark.slow
 def test_bench_figures_match_an_independent_client(tune_sidecar: SidecarProcess, tmp_path: Path) -> None:
-    _plain_sequential(tune_sidecar.base_url)  # warm the server once
+    workload_file = tmp_path / "agreement.yaml"
+    workload_file.write_text(AGREEMENT_WORKLOAD)
+    workload = str(workload_file)
+    _plain_sequential(tune_sidecar.base_url, workload)  # warm the server once
     ratios = []
-    for round_number in range(5):  # alternate, so both see the same machine load; judge the median ratio
-        completed, output_tokens, plain_rate = _plain_sequential(tune_sidecar.base_url)
-        figures = _bench(tune_sidecar.base_url, tmp_path / f"bench-{round_number}.json")
+    plain_seconds = bench_seconds = 0.0
+    for round_number in range(5):  # alternate, so both see the same machine load
+        completed, output_tokens, plain_rate = _plain_sequential(tune_sidecar.base_url, workload)
+        figures = _bench(tune_sidecar.base_url, tmp_path / f"bench-{round_number}.json", workload)
         assert figures["completed"] == completed == NUM_PROMPTS
         assert figures["failed"] == 0
         assert figures["total_output_tokens"] == output_tokens
@@ -70,9 +76,14 @@ def test_bench_figures_match_an_independent_client(tune_sidecar: SidecarProcess,
                     "p99_e2el_ms"):
             assert figures[key] > 0, key
         ratios.append(figures["request_throughput"] / plain_rate)
-    ratio = statistics.median(ratios)
-    print(f"bench/plain request throughput ratios {[round(r, 3) for r in ratios]}, median {ratio:.3f}")
-    assert 0.9 <= ratio <= 1.1, f"bench / plain sequential request throughput per round: {ratios}"
+        plain_seconds += completed / plain_rate
+        bench_seconds += figures["completed"] / figures["request_throughput"]
+    # Judged on the pooled rate (all requests of all rounds over all their time, for each client): a burst of
+    # load from another process lands in one short round of one client and moves a per-round ratio by far
+    # more than it moves the pooled one.
+    ratio = plain_seconds / bench_seconds
+    print(f"bench/plain request throughput per round {[round(r, 3) for r in ratios]}, pooled {ratio:.3f}")
+    assert 0.9 <= ratio <= 1.1, f"bench / plain sequential request throughput: pooled {ratio:.3f}, per round {ratios}"
 
 
 @pytest.mark.slow
