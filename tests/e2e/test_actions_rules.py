@@ -95,12 +95,17 @@ class Load:
             thread.join(timeout=120)
 
 
-def one_request_seconds(engine_url: str) -> float:
+def one_request_seconds(engine_url: str, samples: int = 3) -> float:
+    """The median of a few lone requests: one request caught in a burst of load from another process would
+    set the SLO threshold out of the load step's reach."""
     model = httpx.get(engine_url + "/v1/models", timeout=10).json()["data"][0]["id"]
-    started = time.perf_counter()
-    httpx.post(engine_url + "/v1/completions", timeout=60, json={
-        "model": model, "prompt": "calibrate", "max_tokens": 24, "ignore_eos": True}).raise_for_status()
-    return time.perf_counter() - started
+    seconds = []
+    for _ in range(samples):
+        started = time.perf_counter()
+        httpx.post(engine_url + "/v1/completions", timeout=60, json={
+            "model": model, "prompt": "calibrate", "max_tokens": 24, "ignore_eos": True}).raise_for_status()
+        seconds.append(time.perf_counter() - started)
+    return sorted(seconds)[len(seconds) // 2]
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +144,9 @@ def world(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 def test_1_load_step_over_the_slo_lowers_max_batch_size(world: World) -> None:
     agent = world.agent
-    threshold = max(0.25, 2.5 * one_request_seconds(agent.engine_url))
+    # 16 clients against a lone request's latency: the mixed prefill+decode engine keeps p99 under load within
+    # a few times a lone request, so the step is sized to pass 2x of it with a margin
+    threshold = max(0.25, 2.0 * one_request_seconds(agent.engine_url))
     batch_before = agent.knobs()["max_batch_size"]
     world.use_rules("slo", f"""groups:
   - name: slo
@@ -154,7 +161,7 @@ def test_1_load_step_over_the_slo_lowers_max_batch_size(world: World) -> None:
           - set_knob: {{knob: max_batch_size, factor: 0.5, min: 1}}
             verify: false
 """)
-    with Load(agent.engine_url):
+    with Load(agent.engine_url, concurrency=16):
         [applied] = wait_for(lambda: [e for e in world.events("P99OverSlo") if e["outcome"] == "applied"], 90,
                              "the SLO rule to lower max_batch_size")
     assert applied["old"] == batch_before and applied["new"] == max(1, batch_before // 2)
@@ -222,7 +229,9 @@ def test_3_dry_run_rule_only_records(world: World) -> None:
 
 def test_4_change_that_worsens_the_signal_is_rolled_back(world: World) -> None:
     agent = world.agent
-    threshold = max(0.25, 2.5 * one_request_seconds(agent.engine_url))
+    # 16 clients against a lone request's latency: the mixed prefill+decode engine keeps p99 under load within
+    # a few times a lone request, so the step is sized to pass 2x of it with a margin
+    threshold = max(0.25, 2.0 * one_request_seconds(agent.engine_url))
     batch_before = agent.knobs()["max_batch_size"]
     world.use_rules("worse", f"""groups:
   - name: worse
